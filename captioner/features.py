@@ -1,0 +1,231 @@
+"""Turn any image into backbone input, and cache backbone feature grids for a whole dataset."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from captioner.errors import DataError, ImageError
+
+MAX_PIXELS = 80_000_000  # a 12 MP photo is fine; a 30000×30000 "bomb" is refused before decoding
+RESIZE = Image.Resampling.BILINEAR  # closest to how the 224×224 Flickr8k copy was squashed (measured)
+FEATURE_VERSION = 1  # bump when preprocessing changes so old caches are not reused
+
+ImageSource = str | Path | bytes | Image.Image | np.ndarray
+
+
+def describe(src: ImageSource, name: str | None = None) -> str:
+    """A short name for an image source, used in error messages."""
+    if name:
+        return name
+    if isinstance(src, str | Path):
+        return str(src)
+    return f"<{type(src).__name__}>"
+
+
+def load_image(src: ImageSource, name: str | None = None, target: int | None = None) -> np.ndarray:
+    """Decode any image to uint8 RGB (H, W, 3), EXIF-rotated; raises ImageError naming the image.
+
+    `target` lets large JPEGs decode at a reduced scale that is still at least `target` pixels a side.
+    """
+    label = describe(src, name)
+    if isinstance(src, np.ndarray):
+        return _array_to_rgb(src, label)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = _open(src, label)
+            w, h = image.size
+            if w * h > MAX_PIXELS:
+                raise ImageError(
+                    f"{label}: image is {w}×{h} = {w * h / 1e6:.0f} MP; the limit is {MAX_PIXELS / 1e6:.0f} MP."
+                )
+            image.seek(0)  # first frame of animations
+            if target and image.format == "JPEG":
+                image.draft("RGB", (target, target))
+            image.load()
+            image = ImageOps.exif_transpose(image)
+            return _to_rgb(image, label)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageError(f"{label}: refused as a decompression bomb ({e}).") from e
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
+        raise ImageError(f"{label}: cannot decode the image ({e}).") from e
+
+
+def _open(src: ImageSource, label: str) -> Image.Image:
+    if isinstance(src, Image.Image):
+        return src
+    if isinstance(src, bytes | bytearray):
+        if not src:
+            raise ImageError(f"{label}: the file is empty (0 bytes).")
+        return Image.open(io.BytesIO(src))
+    path = Path(src)
+    if not path.is_file():
+        raise ImageError(f"{label}: no such file.")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{label}: the file is empty (0 bytes).")
+    return Image.open(path)
+
+
+def _to_rgb(image: Image.Image, label: str) -> np.ndarray:
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit and float images: scale to 0..255 instead of letting PIL clip them to white.
+        return _array_to_rgb(np.asarray(image), label)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    return np.asarray(image.convert("RGB"))
+
+
+def _array_to_rgb(array: np.ndarray, label: str) -> np.ndarray:
+    a = np.asarray(array)
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (3, 4)) or 0 in a.shape:
+        raise ImageError(f"{label}: expected an (H, W), (H, W, 3) or (H, W, 4) array. Received: {a.shape}.")
+    if a.shape[0] * a.shape[1] > MAX_PIXELS:
+        raise ImageError(f"{label}: image has {a.shape[0] * a.shape[1] / 1e6:.0f} MP; limit {MAX_PIXELS / 1e6:.0f}.")
+    if a.dtype != np.uint8:
+        a = a.astype(np.float64)
+        hi = 65535.0 if a.max() > 255 else (1.0 if a.max() <= 1.0 else 255.0)
+        a = np.clip(a / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=-1)
+    return np.ascontiguousarray(a[..., :3])
+
+
+def prepare_image(src: ImageSource, size: int, name: str | None = None) -> np.ndarray:
+    """Decode and squash-resize an image to the backbone input, uint8 (size, size, 3), no crop."""
+    rgb = load_image(src, name, target=size)
+    if rgb.shape[:2] == (size, size):
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((size, size), RESIZE))
+
+
+# ---- the on-disk feature cache -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FeatureCache:
+    """A complete, memory-mapped float16 cache of feature grids, rows in `images` order."""
+
+    path: Path
+    images: list[str]
+    features: np.ndarray  # (N, H, W, C) float16, memory-mapped
+    manifest: dict
+
+    def rows(self, names: Sequence[str]) -> np.ndarray:
+        """Row indices of the given image names."""
+        index = {n: i for i, n in enumerate(self.images)}
+        missing = [n for n in names if n not in index]
+        if missing:
+            raise DataError(f"Feature cache {self.path} lacks {len(missing)} image(s), e.g. {missing[0]}.")
+        return np.array([index[n] for n in names])
+
+
+def cache_key(backbone: str, input_size: int) -> str:
+    """Hash of everything that determines the cached features."""
+    blob = json.dumps({"backbone": backbone, "size": input_size, "resize": "bilinear", "v": FEATURE_VERSION})
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def cache_dir_for(root: str | Path, backbone: str, input_size: int) -> Path:
+    return Path(root) / f"{backbone}_{input_size}"
+
+
+def open_cache(root: str | Path, backbone: str, input_size: int) -> FeatureCache:
+    """Open a complete cache; raises DataError if it is missing, partial or built differently."""
+    path = cache_dir_for(root, backbone, input_size)
+    manifest = _read_manifest(path)
+    if manifest is None or not manifest.get("complete"):
+        raise DataError(
+            f"No complete feature cache at {path}. Run `captioner features --backbone {backbone}` first."
+        )
+    if manifest["key"] != cache_key(backbone, input_size):
+        raise DataError(f"Feature cache {path} was built with other settings; rerun `captioner features`.")
+    shape = tuple(manifest["shape"])
+    features = np.memmap(path / "features.f16", dtype=np.float16, mode="r", shape=shape)
+    return FeatureCache(path, manifest["images"], features, manifest)
+
+
+def _read_manifest(path: Path) -> dict | None:
+    try:
+        return json.loads((path / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def _decoded(paths: Sequence[Path], size: int, batch: int) -> Iterator[np.ndarray]:
+    """Yield uint8 batches; decoding runs in threads (PIL releases the GIL) ahead of the model."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        for start in range(0, len(paths), batch):
+            chunk = paths[start : start + batch]
+            yield np.stack(list(pool.map(lambda p: prepare_image(p, size), chunk)))
+
+
+def extract_features(
+    image_paths: Sequence[Path], root: str | Path, backbone: str, batch_size: int = 32, progress: bool = True
+) -> FeatureCache:
+    """Write the feature grid of every image into the cache under `root`; resumes a partial run."""
+    from tqdm.auto import tqdm
+
+    from captioner import backbones
+
+    spec = backbones.get(backbone)
+    size = spec.input_size
+    path = cache_dir_for(root, backbone, size)
+    path.mkdir(parents=True, exist_ok=True)
+    names = [p.name for p in image_paths]
+    key = cache_key(backbone, size)
+    manifest = _read_manifest(path)
+    if manifest and manifest.get("complete") and manifest["key"] == key and manifest["images"] == names:
+        return open_cache(root, backbone, size)
+
+    model = backbones.build(backbone, include_top=False)
+    grid_shape = tuple(int(d) for d in model.output_shape[1:])
+    shape = (len(names), *grid_shape)
+    fresh = not (manifest and manifest["key"] == key and manifest["images"] == names)
+    if fresh:
+        manifest = {"key": key, "backbone": backbone, "input_size": size, "shape": list(shape),
+                    "images": names, "complete": False}
+        _write_json_atomic(path / "manifest.json", manifest)
+        np.save(path / "done.npy", np.zeros(len(names), dtype=bool))
+    done = np.load(path / "done.npy", allow_pickle=False)
+    data = np.memmap(path / "features.f16", dtype=np.float16, mode="r+" if not fresh else "w+", shape=shape)
+    todo = np.flatnonzero(~done)
+    bar = tqdm(total=len(names), initial=len(names) - len(todo), unit="img", disable=not progress,
+               desc=f"features {backbone}")
+    todo_paths = [image_paths[i] for i in todo]
+    for start, batch in zip(range(0, len(todo), batch_size), _decoded(todo_paths, size, batch_size), strict=True):
+        rows = todo[start : start + len(batch)]
+        data[rows] = model.predict_on_batch(batch).astype(np.float16)
+        data.flush()
+        # Mark rows done only after their features are on disk, so a crash loses at most one batch.
+        done[rows] = True
+        np.save(path / "done.tmp.npy", done)
+        os.replace(path / "done.tmp.npy", path / "done.npy")
+        bar.update(len(rows))
+    bar.close()
+    del data
+    manifest["complete"] = True
+    _write_json_atomic(path / "manifest.json", manifest)
+    return open_cache(root, backbone, size)

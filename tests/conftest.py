@@ -1,0 +1,59 @@
+"""Shared fixtures: locating ../shared, and a tiny random-weight model directory for fast tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+FLICKR8K = SHARED / "flickr8k"
+PHOTOS = SHARED / "photos"
+
+
+def needs_shared(path: Path = SHARED) -> None:
+    """Skip the calling test with a clear reason when ../shared (or a part of it) is absent."""
+    if not path.exists():
+        pytest.skip(f"needs {path} (the team's ../shared data folder); absent on a fresh clone")
+
+
+TINY_CAPTIONS = {
+    "red.png": ["a red square", "a red block", "red square on nothing", "a big red square", "red"],
+    "blue.png": ["a blue circle", "blue round shape", "a blue disk", "the blue circle", "blue"],
+    "green.png": ["two green lines", "green stripes", "a green pattern", "green lines", "green"],
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A complete model directory (random Lite0 backbone + small decoder) that loads like the bundled one."""
+    from captioner import backbones
+    from captioner.hub import write_manifest
+    from captioner.model import ImageCaptioner, ModelConfig, build_decoder, save_model_dir
+    from captioner.text import Vocabulary
+
+    import keras
+
+    keras.utils.set_random_seed(0)
+    vocab = Vocabulary.build([c for caps in TINY_CAPTIONS.values() for c in caps], min_count=1)
+    config = ModelConfig(vocab_size=len(vocab), max_length=6, units=32, feature_dim=32, attention_units=16)
+    model = ImageCaptioner(backbones.build(config.backbone, weights=None), build_decoder(config))
+    path = save_model_dir(tmp_path_factory.mktemp("tiny") / "model", model, config, vocab.to_json())
+    write_manifest(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def photo_bytes() -> bytes:
+    """A small real-looking JPEG (gradient + noise), generated so tests never need ../shared."""
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    x = np.linspace(0, 255, 320)[None, :, None] * np.ones((240, 1, 3)) + rng.normal(0, 20, (240, 320, 3))
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(x, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=85)
+    return buf.getvalue()

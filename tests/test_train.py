@@ -1,0 +1,52 @@
+"""Training: a tiny model must overfit a handful of images and give their captions back exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from captioner.decode import BeamSearch
+from captioner.model import ModelConfig
+from captioner.text import Vocabulary
+from captioner.train import TrainConfig, Trainer, caption_tokens, length_batches
+from captioner.data import Flickr8k
+
+CAPTIONS = {
+    "a.jpg": "a dog runs on the grass",
+    "b.jpg": "two children play in the snow",
+    "c.jpg": "a man rides a red bike",
+    "d.jpg": "the dog jumps over a fence",
+}
+
+
+def _tiny(tmp_path, epochs: int):
+    names = list(CAPTIONS)
+    data = Flickr8k(tmp_path, tmp_path, {n: [c] * 5 for n, c in CAPTIONS.items()}, {"train": names})
+    vocab = Vocabulary.build(CAPTIONS.values(), min_count=1)
+    config = ModelConfig(grid=(2, 2), feature_channels=8, vocab_size=len(vocab), max_length=8, embed_dim=16,
+                         units=48, feature_dim=32, attention_units=16, dropout=0.0)  # fmt: skip
+    train = TrainConfig(epochs=epochs, batch_images=2, learning_rate=1e-2, warmup_steps=0, label_smoothing=0.0)
+    trainer = Trainer(tmp_path / "run", config, train, vocab, n_train=len(names))
+    features = np.random.default_rng(0).normal(0, 1, (len(names), 2, 2, 8)).astype(np.float16)
+    tokens = caption_tokens(data, names, vocab, config.max_length, seed=0)
+    return trainer, features, tokens, vocab, config
+
+
+def test_tiny_model_overfits_and_returns_its_training_captions(tmp_path):
+    trainer, features, tokens, vocab, config = _tiny(tmp_path, epochs=60)
+    first = float(trainer.loss(features, tokens, training=False)[1])
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        for idx in length_batches(tokens, 2, rng):
+            trainer.train_step(features[np.sort(idx)], tokens[np.sort(idx)])
+    last = float(trainer.loss(features, tokens, training=False)[1])
+    assert last < first / 10, (first, last)
+    captions = BeamSearch(trainer.decoder, vocab, config.grid)(features, beam_size=1, max_length=config.max_length)
+    assert [c.text for c in captions] == list(CAPTIONS.values())
+
+
+def test_length_batches_cover_every_image_once():
+    tokens = np.zeros((10, 5, 6), np.int32)
+    tokens[:, :, :3] = 1
+    batches = length_batches(tokens, 4, np.random.default_rng(1))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(10))
+    assert [len(b) for b in sorted(batches, key=len)] == [2, 4, 4]
