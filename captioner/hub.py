@@ -408,8 +408,8 @@ def _from_cache_offline(src: HubSource, error: BaseException, token: str | None,
                     f"{_describe(problems, 'it')} It was removed; retry when the Hub is reachable."
                 ) from error
             notice = (
-                f"{reason}; using the cached copy of {src} (commit {commit}), which may be out of date. "
-                f"Pin it as {src.at(commit)}."
+                f"{reason[0].upper()}{reason[1:]}; using the cached copy of {src} (commit {commit}), which may be "
+                f"out of date. Pin it as {src.at(commit)}."
             )
             return ResolvedModel(cached, str(src), commit, files[WEIGHTS], notice)
     state = (
@@ -628,6 +628,17 @@ def _size(value: object) -> str:
     return f"{value}×{value}" if isinstance(value, int) else str(value)
 
 
+def _decoder_text(config: Mapping[str, object]) -> str:
+    units, attention = config.get("units", "?"), config.get("attention_units", "?")
+    gate = ", gated" if config.get("attention_gate") else ""
+    return (
+        f"an attention LSTM ({units} units, started from the mean image region) queries additive (Bahdanau) "
+        f"attention ({attention} units{gate}) over the grid regions; a language LSTM ({units} units) turns the "
+        f"attended context into next-word probabilities over {config.get('vocab_size', '?')} words "
+        f"({config.get('embed_dim', '?')}-d word embeddings)"
+    )
+
+
 def model_card(model_dir: str | os.PathLike[str], repo_id: str | None = None) -> str:
     """Build the model card (`README.md`: YAML metadata + Markdown) from config.json and metrics.json."""
     model_dir = Path(model_dir)
@@ -692,8 +703,7 @@ def model_card(model_dir: str | os.PathLike[str], repo_id: str | None = None) ->
         f"- **Encoder:** the `{backbone}` convolutional backbone (EfficientNet-Lite, ImageNet-pretrained), input "
         f"{_size(config.get('image_size', '?'))} RGB, giving a {_size(config.get('grid', '?'))} grid of image "
         "features.\n"
-        "- **Decoder:** an LSTM with soft attention over the feature grid (Show, Attend and Tell style), one word "
-        "per step; each caption comes with its per-word attention maps.\n"
+        f"- **Decoder:** {_decoder_text(config)}; each caption comes with its per-word attention maps.\n"
         f"- **Files:** `config.json` (hyper-parameters), `vocab.json` (word list), `{WEIGHTS}` (all Keras "
         f"weights, backbone included), `metrics.json` (scores), `{MANIFEST}` (sha256 of every file).",
         f"| Setting | Value |\n|---|---|\n{config_rows}" if config_rows else "",
@@ -705,8 +715,8 @@ def model_card(model_dir: str | os.PathLike[str], repo_id: str | None = None) ->
         "## Evaluation",
         results,
         "## Decoding",
-        f"Captions are decoded with beam search: beam size {beam}, length penalty {penalty} (scores divided by "
-        "length^penalty)"
+        f"Captions are decoded with beam search: beam size {beam}, length penalty {penalty} (finished captions "
+        f"ranked by log-probability / length^{penalty})"
         + (f", at most {max_length} words" if max_length else "")
         + ". Beam size 1 is greedy decoding.",
         "## How to use",

@@ -61,7 +61,7 @@ class ModelConfig:
 class CaptionDecoder(keras.Model):
     """Feature grid + caption prefix -> next-word logits, with one attention map per step.
 
-    Attention LSTM (words; state initialised from the mean region) -> Bahdanau attention over regions -> language LSTM -> words.
+    Attention LSTM (words; state from the mean region) -> Bahdanau attention -> language LSTM -> words.
     The attention LSTM does not see the context, so teacher-forced training runs all steps at once.
     """
 
@@ -193,7 +193,9 @@ def load_weights(model: keras.Model, path: str | Path) -> None:
     try:
         model.load_weights(Path(path))
     except (OSError, ValueError, KeyError) as e:
-        raise ModelError(f"Weights {path} do not fit this model config ({e}). Are config.json and weights from one run?") from e
+        raise ModelError(
+            f"Weights {path} do not fit this model config ({e}). Are config.json and weights from one run?"
+        ) from e
 
 
 def save_model_dir(path: str | Path, model: ImageCaptioner, config: ModelConfig, vocab_json: str) -> Path:

@@ -47,7 +47,9 @@ class Captioner:
         self.metrics = _read_json(info.path / "metrics.json")
 
     @classmethod
-    def load(cls, source: str | Path | None = None, secrets: Mapping | None = None, fallback: bool = False) -> Captioner:
+    def load(
+        cls, source: str | Path | None = None, secrets: Mapping | None = None, fallback: bool = False
+    ) -> Captioner:
         """Load from a directory or hf://OWNER/REPO@REV; None picks CAPTIONER_MODEL, a secret, or the bundled model."""
         resolved = hub.fetch(hub.choose_source(None if source is None else str(source), secrets), fallback=fallback)
         return cls.from_directory(resolved.path, ModelInfo(
@@ -76,7 +78,9 @@ class Captioner:
         """Decode and resize one image to the backbone input; raises ImageError naming it."""
         return prepare_image(image, self.config.image_size, name)
 
-    def encode(self, images: Sequence[ImageSource], names: Sequence[str] | None = None, batch_size: int = 16) -> Encoded:
+    def encode(
+        self, images: Sequence[ImageSource], names: Sequence[str] | None = None, batch_size: int = 16
+    ) -> Encoded:
         """Run the backbone on images (paths, bytes, PIL images or arrays); raises ImageError on a bad one."""
         names = list(names) if names is not None else [describe(im) for im in images]
         if len(names) != len(images):
@@ -95,7 +99,11 @@ class Captioner:
         return self.search(encoded.features, beam_size, length_penalty, max_length or self.config.max_length)
 
     def caption(
-        self, images: Sequence[ImageSource], beam_size: int = 1, length_penalty: float = 0.7, max_length: int | None = None
+        self,
+        images: Sequence[ImageSource],
+        beam_size: int = 1,
+        length_penalty: float = 0.7,
+        max_length: int | None = None,
     ) -> list[Caption]:
         """Encode and decode in one call."""
         return self.decode(self.encode(images), beam_size, length_penalty, max_length)

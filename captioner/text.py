@@ -53,9 +53,7 @@ class Vocabulary:
 
     def __post_init__(self) -> None:
         if self.words[: len(SPECIALS)] != SPECIALS:
-            raise DataError(
-                f"Expected a vocabulary starting with {list(SPECIALS)}. Received: {list(self.words[:4])}."
-            )
+            raise DataError(f"Expected a vocabulary starting with {list(SPECIALS)}. Received: {list(self.words[:4])}.")
         object.__setattr__(self, "_index", {w: i for i, w in enumerate(self.words)})
 
     @classmethod

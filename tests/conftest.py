@@ -29,12 +29,12 @@ TINY_CAPTIONS = {
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A complete model directory (random Lite0 backbone + small decoder) that loads like the bundled one."""
+    import keras
+
     from captioner import backbones
     from captioner.hub import write_manifest
     from captioner.model import ImageCaptioner, ModelConfig, build_decoder, save_model_dir
     from captioner.text import Vocabulary
-
-    import keras
 
     keras.utils.set_random_seed(0)
     vocab = Vocabulary.build([c for caps in TINY_CAPTIONS.values() for c in caps], min_count=1)

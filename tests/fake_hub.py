@@ -6,6 +6,7 @@ It serves the HTTP endpoints huggingface_hub 2.x calls to download and to publis
   (`/api/models/{repo}/tree/{rev}`), `HEAD`/`GET /{repo}/resolve/{rev}/{file}` (regular files inline with
   `ETag`/`X-Repo-Commit`; LFS files answered with a 302 to a separate "CDN" origin carrying `X-Linked-Etag` and
   `X-Linked-Size`, as the real Hub does), byte ranges for resumed downloads;
+- client housekeeping: `/api/agent-harnesses` (the registry huggingface_hub uses for its user agent);
 - publish: `/api/repos/create`, `/api/validate-yaml`, `/api/models/{repo}/preupload/{rev}`, the LFS batch /
   upload / verify protocol, `/api/models/{repo}/commit/{rev}` (ndjson) and `/api/models/{repo}/tag/{rev}`.
 
@@ -30,6 +31,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import yaml
@@ -73,7 +75,7 @@ class Call:
     headers: dict[str, str]  # lower-case names
     body: bytes
 
-    def json(self) -> object:
+    def json(self) -> Any:
         return json.loads(self.body)
 
     def ndjson(self) -> list[dict]:
@@ -395,6 +397,9 @@ class FakeHub:
             return self._create_repo(call)
         if call.method == "POST" and path == "/api/validate-yaml":
             return _validate_yaml(call)
+        if call.method == "GET" and path == "/api/agent-harnesses":
+            # huggingface_hub fetches this registry (once a day) to describe its caller in the user agent.
+            return _json(200, {"standardEnvVars": [], "harnesses": {}})
         if m := _API_REPO.match(path):
             repo = self._repo(unquote(m["repo"]))
             if isinstance(repo, _Response):
@@ -497,7 +502,6 @@ class FakeHub:
     # ---- upload endpoints --------------------------------------------------------------------------------------
     def _create_repo(self, call: Call) -> _Response:
         payload = call.json()
-        assert isinstance(payload, dict)
         namespace = payload.get("organization") or self._user(call)
         if (denied := self._write_denied(namespace, call)) is not None:
             return denied
@@ -514,7 +518,6 @@ class FakeHub:
         if isinstance(sha, _Response):
             return sha
         payload = call.json()
-        assert isinstance(payload, dict)
         head = repo.commits[sha]
         answers = []
         for item in payload["files"]:
@@ -535,7 +538,6 @@ class FakeHub:
         if (denied := self._write_denied(repo.owner, call)) is not None:
             return denied
         payload = call.json()
-        assert isinstance(payload, dict)
         if op == "verify":
             data = self.lfs.get(payload["oid"])
             if data is None or len(data) != payload["size"]:
@@ -592,7 +594,6 @@ class FakeHub:
         if isinstance(sha, _Response):
             return sha
         payload = call.json()
-        assert isinstance(payload, dict)
         tag = payload["tag"]
         if tag in repo.tags or tag in repo.branches:
             return _error(409, f"Tag {tag} already exists")
@@ -619,7 +620,6 @@ def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
 def _validate_yaml(call: Call) -> _Response:
     """Check a README's YAML front matter, and the shape of its model-index, like the Hub's validator."""
     payload = call.json()
-    assert isinstance(payload, dict)
     match = re.match(r"^---\n(.*?)\n---\n", payload["content"], re.S)
     if match is None:
         return _json(200, {"errors": [], "warnings": [{"message": "empty or missing yaml metadata in repo card"}]})

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from captioner.data import Flickr8k
 from captioner.decode import BeamSearch
 from captioner.model import ModelConfig
 from captioner.text import Vocabulary
 from captioner.train import TrainConfig, Trainer, caption_tokens, length_batches
-from captioner.data import Flickr8k
 
 CAPTIONS = {
     "a.jpg": "a dog runs on the grass",

@@ -1,0 +1,79 @@
+"""Model layers and weights: serialization round trips, float16 weight files, config JSON."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from captioner.errors import ModelError
+from captioner.layers import BahdanauAttention
+from captioner.model import CaptionDecoder, ModelConfig, build_decoder, load_weights, save_weights
+
+
+@pytest.mark.parametrize("gate", [True, False])
+def test_attention_layer_serialization_round_trip(gate):
+    layer = BahdanauAttention(8, gate=gate)
+    q, v = np.random.rand(2, 3, 5).astype("float32"), np.random.rand(2, 4, 6).astype("float32")
+    context, weights = layer(q, v)
+    clone = keras.layers.deserialize(keras.layers.serialize(layer))
+    clone(q, v)
+    clone.set_weights(layer.get_weights())
+    np.testing.assert_allclose(clone(q, v)[0], context, atol=1e-6)
+    assert weights.shape == (2, 3, 4)
+    np.testing.assert_allclose(np.sum(weights, -1), 1.0, atol=1e-5)
+
+
+def test_attention_single_step_matches_sequence():
+    layer = BahdanauAttention(8)
+    q, v = np.random.rand(2, 3, 5).astype("float32"), np.random.rand(2, 4, 6).astype("float32")
+    seq_context, seq_weights = layer(q, v)
+    step_context, step_weights = layer(q[:, 1], v)
+    np.testing.assert_allclose(step_context, seq_context[:, 1], atol=1e-6)
+    np.testing.assert_allclose(step_weights, seq_weights[:, 1], atol=1e-6)
+
+
+def _config(**kw):
+    return ModelConfig(grid=(3, 3), feature_channels=8, vocab_size=20, max_length=5, embed_dim=6, units=16,
+                       feature_dim=12, attention_units=8, **kw)  # fmt: skip
+
+
+def test_decoder_serialization_round_trip():
+    decoder = build_decoder(_config())
+    clone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(decoder))
+    assert isinstance(clone, CaptionDecoder) and clone.get_config() == decoder.get_config()
+
+
+def test_teacher_forcing_equals_step_by_step_decoding():
+    decoder = build_decoder(_config())
+    feats = np.random.rand(2, 3, 3, 8).astype("float32")
+    tokens = np.random.randint(1, 20, (2, 1, 4)).astype("int32")
+    logits, alpha = decoder(feats, tokens)
+    regions, keys, states = decoder.encode(feats)
+    for t in range(4):
+        logp, step_alpha, states = decoder.step(tokens[:, 0, t], states, regions, keys)
+        np.testing.assert_allclose(logp, keras.ops.log_softmax(logits[:, 0, t]), atol=1e-4)
+        np.testing.assert_allclose(step_alpha, alpha[:, 0, t], atol=1e-5)
+
+
+def test_float16_weight_file_loads_back(tmp_path):
+    decoder = build_decoder(_config())
+    save_weights(decoder, tmp_path / "w.weights.h5")
+    clone = build_decoder(_config())
+    load_weights(clone, tmp_path / "w.weights.h5")
+    for a, b in zip(decoder.get_weights(), clone.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_weights_of_another_config_are_a_clear_error(tmp_path):
+    save_weights(build_decoder(_config()), tmp_path / "w.weights.h5")
+    with pytest.raises(ModelError, match="do not fit"):
+        load_weights(build_decoder(ModelConfig(**{**_config().__dict__, "units": 32})), tmp_path / "w.weights.h5")
+
+
+def test_config_json_round_trip_and_unknown_keys(tmp_path):
+    config = _config()
+    (tmp_path / "c.json").write_text(config.to_json())
+    assert ModelConfig.load(tmp_path / "c.json") == config
+    with pytest.raises(ModelError, match="Unknown model config keys"):
+        ModelConfig.from_dict({"colour": "red"})
