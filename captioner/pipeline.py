@@ -13,7 +13,15 @@ from captioner import backbones, hub
 from captioner.decode import BeamSearch, Caption
 from captioner.errors import ImageError, ModelError
 from captioner.features import ImageSource, describe, prepare_image
-from captioner.model import CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE, ImageCaptioner, ModelConfig, build_decoder
+from captioner.model import (
+    CONFIG_FILE,
+    VOCAB_FILE,
+    WEIGHTS_FILE,
+    ImageCaptioner,
+    ModelConfig,
+    build_decoder,
+    sha256_file,
+)
 from captioner.model import load_weights as load_model_weights
 from captioner.text import Vocabulary
 
@@ -48,12 +56,18 @@ class Captioner:
 
     @classmethod
     def load(
-        cls, source: str | Path | None = None, secrets: Mapping | None = None, fallback: bool = False
+        cls,
+        source: str | Path | None = None,
+        secrets: Mapping | None = None,
+        fallback: bool = False,
+        token: str | None = None,
     ) -> Captioner:
-        """Load from a directory or hf://OWNER/REPO@REV; None picks CAPTIONER_MODEL, a secret, or the bundled model."""
-        resolved = hub.fetch(hub.choose_source(None if source is None else str(source), secrets), fallback=fallback)
-        return cls.from_directory(resolved.path, ModelInfo(
-            resolved.source, resolved.path, resolved.commit, resolved.weights_sha256, resolved.notice))  # fmt: skip
+        """Load a directory or hf://OWNER/REPO@REV; None picks CAPTIONER_MODEL, a secret, or the bundled model."""
+        resolved = hub.fetch(
+            hub.choose_source(None if source is None else str(source), secrets), fallback=fallback, token=token
+        )
+        info = ModelInfo(resolved.source, resolved.path, resolved.commit, resolved.weights_sha256, resolved.notice)
+        return cls.from_directory(resolved.path, info)
 
     @classmethod
     def from_directory(cls, path: str | Path, info: ModelInfo | None = None) -> Captioner:
@@ -69,8 +83,6 @@ class Captioner:
         model = ImageCaptioner(backbones.build(config.backbone, include_top=False, weights=None), build_decoder(config))
         load_model_weights(model, path / WEIGHTS_FILE)
         if info is None:
-            from captioner.model import sha256_file
-
             info = ModelInfo(str(path), path, None, sha256_file(path / WEIGHTS_FILE))
         return cls(model, config, vocab, info)
 
