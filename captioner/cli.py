@@ -59,9 +59,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from captioner.data import load_flickr8k
     from captioner.train import export_run
 
-    out = export_run(Path(args.run), Path(args.out))
+    data = load_flickr8k(args.data) if args.data else None
+    out = export_run(Path(args.run), Path(args.out), data)
     print(f"model written to {out}")
     return 0
 
@@ -148,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="bundle a run's best decoder with its backbone into a model directory")
     p.add_argument("--run", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--data", help="Flickr8k directory: tune α on dev, score dev/test into metrics.json + model card")
     p.set_defaults(handler=_export)
 
     p = sub.add_parser("evaluate", help="corpus BLEU-1..4 and CIDEr-D on a split, greedy and beam")

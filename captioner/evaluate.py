@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+import numpy as np
 from nltk.translate import bleu_score
 
 from captioner.errors import DataError
@@ -324,6 +326,23 @@ def _validate_report(report: Any, where: str) -> None:
 # build_report(...) and write_report(...) above.
 
 
+def encode_split(model, data, split: str, chunk: int = 32) -> np.ndarray:
+    """Backbone features of every image of a split, read from the image files as an upload would be."""
+    from tqdm.auto import tqdm
+
+    names = data.images(split)
+    feats = []
+    for i in tqdm(range(0, len(names), chunk), desc=f"encode {split}", unit="batch"):
+        batch = names[i : i + chunk]
+        feats.append(model.encode([data.image_path(n) for n in batch], batch).features)
+    return np.concatenate(feats)
+
+
+def _score(model, features: np.ndarray, refs: list[list[Tokens]], beam_size: int, alpha: float):
+    captions = model.search(features, beam_size, alpha, model.config.max_length)
+    return captions, corpus_metrics([c.tokens for c in captions], refs)
+
+
 def evaluate_split(
     model_source: str | None,
     data_dir: str | Path,
@@ -331,14 +350,8 @@ def evaluate_split(
     beam_size: int = 3,
     length_penalty: float | None = None,
     out: str | Path | None = None,
-    chunk: int = 32,
 ) -> dict:
     """Caption every image of a split from its file (greedy and beam), score it, optionally write the report."""
-    import dataclasses
-
-    import numpy as np
-    from tqdm.auto import tqdm
-
     from captioner.data import load_flickr8k
     from captioner.pipeline import Captioner
 
@@ -347,19 +360,15 @@ def evaluate_split(
     names = data.images(split)
     if length_penalty is None:
         length_penalty = model.metrics.get("decoding", {}).get("length_penalty", 0.7)
-    feats = []
-    for i in tqdm(range(0, len(names), chunk), desc=f"encode {split}", unit="batch"):
-        batch = names[i : i + chunk]
-        feats.append(model.encode([data.image_path(n) for n in batch], batch).features)
-    features = np.concatenate(feats)
-    max_length = model.config.max_length
-    greedy = model.search(features, 1, length_penalty, max_length)
-    beam = model.search(features, beam_size, length_penalty, max_length)
+    features = encode_split(model, data, split)
+    refs = [[tokenize(c) for c in data.captions[n]] for n in names]
+    greedy, _ = _score(model, features, refs, 1, length_penalty)
+    beam, _ = _score(model, features, refs, beam_size, length_penalty)
     report = build_report(
         model={"id": model.info.source, "config": dataclasses.asdict(model.config),
                "weights_sha256": model.info.weights_sha256},
         split=split,
-        decoding={"beam_size": beam_size, "length_penalty": length_penalty, "max_length": max_length},
+        decoding={"beam_size": beam_size, "length_penalty": length_penalty, "max_length": model.config.max_length},
         image_names=names,
         references=[data.captions[n] for n in names],
         greedy=[c.text for c in greedy],
@@ -368,3 +377,30 @@ def evaluate_split(
     if out:
         write_report(report, out)
     return report
+
+
+def tune_and_score(
+    model, data, beam_size: int = 3, alphas: Sequence[float] = (0.0, 0.3, 0.5, 0.7, 1.0), log=print
+) -> dict:
+    """Pick the length penalty α on dev (beam BLEU-4), then score greedy / beam k / beam 5 on dev and test."""
+    feats = {s: encode_split(model, data, s) for s in ("dev", "test")}
+    refs = {s: [[tokenize(c) for c in data.captions[n]] for n in data.images(s)] for s in ("dev", "test")}
+    search = {}
+    for alpha in alphas:
+        search[alpha] = _score(model, feats["dev"], refs["dev"], beam_size, alpha)[1]["bleu4"]
+        log(f"dev beam {beam_size} α={alpha}: BLEU-4 {search[alpha]:.2f}")
+    best = max(alphas, key=lambda a: search[a])
+    results = {}
+    for split in ("dev", "test"):
+        results[split] = {
+            name: _score(model, feats[split], refs[split], k, best)[1]
+            for name, k in (("greedy", 1), ("beam", beam_size), ("beam5", 5))
+        }
+    return {
+        "model_id": model.info.source,
+        "split": "test",
+        "decoding": {"beam_size": beam_size, "length_penalty": best, "max_length": model.config.max_length},
+        "length_penalty_search_dev_bleu4": {str(a): round(v, 3) for a, v in search.items()},
+        "corpus": results["test"],
+        "dev": results["dev"],
+    }

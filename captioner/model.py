@@ -169,6 +169,7 @@ class ImageCaptioner(keras.Model):
         super().__init__(**kwargs)
         self.backbone = backbone
         self.decoder = decoder
+        self.built = True  # both parts arrive built; nothing of its own to create
 
     def call(self, images):
         return self.backbone(images, training=False)

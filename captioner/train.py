@@ -199,8 +199,12 @@ def prepare_run(
     return trainer, (train_feats, train_tokens, dev_feats, dev_refs)
 
 
-def export_run(run_dir: Path, out: Path) -> Path:
-    """Bundle a run's best decoder with its ImageNet backbone into a self-contained model directory."""
+def export_run(run_dir: Path, out: Path, data: Flickr8k | None = None, log=print) -> Path:
+    """Bundle a run's best decoder with its ImageNet backbone into a self-contained model directory.
+
+    With `data`, also tune the length penalty on dev, score dev and test into metrics.json, and write the
+    model card and the sha256 manifest (last, so it covers every file).
+    """
     from captioner import backbones
     from captioner.model import ImageCaptioner, save_model_dir
 
@@ -209,4 +213,15 @@ def export_run(run_dir: Path, out: Path) -> Path:
     decoder = build_decoder(config)
     decoder.load_weights(run_dir / "best.weights.h5")
     model = ImageCaptioner(backbones.build(config.backbone, include_top=False), decoder)
-    return save_model_dir(out, model, config, vocab.to_json())
+    save_model_dir(out, model, config, vocab.to_json())
+    from captioner import hub
+
+    if data is not None:
+        from captioner.evaluate import tune_and_score
+        from captioner.pipeline import Captioner
+
+        metrics = tune_and_score(Captioner.from_directory(out), data, log=log)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        (out / "README.md").write_text(hub.model_card(out), encoding="utf-8")
+    hub.write_manifest(out)
+    return out

@@ -93,9 +93,9 @@ def _load_captioner(source: str) -> Captioner:
 
 
 @st.cache_resource
-def model_lock() -> threading.Lock:
+def model_lock() -> threading.RLock:
     """One lock per process around model calls and large decodes, so concurrent sessions queue, not pile up."""
-    return threading.Lock()
+    return threading.RLock()
 
 
 def captioner_ui() -> Captioner | None:
@@ -160,19 +160,33 @@ def sidebar_ui(cap: Captioner | None) -> Settings:
                 st.warning(info.notice)
         st.subheader("Decoding")
         beam = st.slider(
-            "Beam size", 1, MAX_BEAM, _default_beam(cap) if cap else DEFAULT_BEAM, key="beam_size",
+            "Beam size",
+            1,
+            MAX_BEAM,
+            _default_beam(cap) if cap else DEFAULT_BEAM,
+            key="beam_size",
             help="Hypotheses kept per step by beam search. 1 is greedy decoding.",
-        )  # fmt: skip
+        )
         alpha = st.slider(
-            "Length penalty α", 0.0, 2.0, _default_alpha(cap) if cap else DEFAULT_ALPHA, step=0.05,
-            key="length_penalty", help="Beam search ranks finished captions by log p / length^α; higher α favours "
+            "Length penalty α",
+            0.0,
+            2.0,
+            _default_alpha(cap) if cap else DEFAULT_ALPHA,
+            step=0.05,
+            key="length_penalty",
+            help="Beam search ranks finished captions by log p / length^α; higher α favours "
             "longer captions, 0 ranks by raw log-probability.",
-        )  # fmt: skip
+        )
         st.subheader("Display")
         opacity = st.slider(
-            "Heatmap opacity", 0.0, 1.0, DEFAULT_OPACITY, step=0.05, key="opacity",
+            "Heatmap opacity",
+            0.0,
+            1.0,
+            DEFAULT_OPACITY,
+            step=0.05,
+            key="opacity",
             help="0 shows the photo only, 1 the attention heatmap only.",
-        )  # fmt: skip
+        )
     settings = Settings(int(beam), float(alpha), float(opacity))
     st.session_state["_settings"] = settings
     return settings
@@ -240,9 +254,14 @@ def attention_ui(image: np.ndarray, captions: Mapping[str, Caption], opacity: fl
         png = remember("figure", (key, which, caption.text, opacity), lambda: _grid_png(image, caption, opacity, title))
         st.image(png, caption=f"{which} — attention for every word")
         st.download_button(
-            "Download this figure (PNG)", png, file_name=f"{stem}-{which.lower()}-attention.png", mime="image/png",
-            key=f"{key}:png:{which}", icon=":material/download:", on_click="ignore",
-        )  # fmt: skip
+            "Download this figure (PNG)",
+            png,
+            file_name=f"{stem}-{which.lower()}-attention.png",
+            mime="image/png",
+            key=f"{key}:png:{which}",
+            icon=":material/download:",
+            on_click="ignore",
+        )
         return
     if n == 0:
         st.info(f"The {which.lower()} caption is empty, so there is no word to step through.")
@@ -257,9 +276,14 @@ def attention_ui(image: np.ndarray, captions: Mapping[str, Caption], opacity: fl
         "Word", options=list(range(n)), format_func=lambda j: f"{j + 1}. {caption.tokens[j]}", key=step_key
     )
     p = viz.word_probabilities(caption)[i]
-    words = [f"**:orange-background[{md_escape(w)}]**" if j == i else md_escape(w) for j, w in enumerate(caption.tokens)]
+    words = [
+        f"**:orange-background[{md_escape(w)}]**" if j == i else md_escape(w) for j, w in enumerate(caption.tokens)
+    ]
     st.markdown(" ".join(words))
-    st.image(viz.overlay(image, caption.attention[i], opacity), caption=f"{which}, word {i + 1}: “{caption.tokens[i]}” (p={p:.2f})")
+    st.image(
+        viz.overlay(image, caption.attention[i], opacity),
+        caption=f"{which}, word {i + 1}: “{caption.tokens[i]}” (p={p:.2f})",
+    )
 
 
 def _grid_png(image: np.ndarray, caption: Caption, opacity: float, title: str) -> bytes:

@@ -1,0 +1,268 @@
+"""Peak memory and cold start of the running app, measured through a real browser session.
+
+Starts `streamlit run app.py` on a free loopback port, drives headless Chromium (Debian's /usr/bin/chromium via
+Playwright) through a session — upload photos, wait for both captions and a heatmap, change the beam size,
+open the other pages — while sampling the resident memory (RSS) of the server's whole process tree.
+
+    python3 bench/app_memory.py                          # bundled model, photos generated in-script
+    python3 bench/app_memory.py --model DIR --photos ../shared/photos --report REPORT.json
+
+Prints the cold start (server spawn → first captions and heatmap on screen) and the peak and median RSS; exits 1
+if the peak exceeds --limit-mb (default 1200).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def free_port() -> int:
+    """An unused TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tree_rss(root: int) -> int:
+    """Resident bytes of a process and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+            statm = Path(entry.path, "statm").read_text().split()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        pid = int(entry.name)
+        children.setdefault(int(fields[1]), []).append(pid)
+        rss[pid] = int(statm[1]) * PAGE_SIZE
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo.extend(children.get(pid, []))
+    return total
+
+
+class Sampler(threading.Thread):
+    """Samples the RSS of a process tree every `interval` seconds until stopped."""
+
+    def __init__(self, pid: int, interval: float = 0.05):
+        super().__init__(daemon=True)
+        self.pid, self.interval, self.samples = pid, interval, []
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self.samples.append(tree_rss(self.pid))
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> list[int]:
+        self._stop_event.set()
+        self.join()
+        return self.samples
+
+
+def start_server(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
+    """`streamlit run app.py` on 127.0.0.1:port, headless, output to `log`."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        "app.py",
+        "--server.port",
+        str(port),
+        "--server.address",
+        "127.0.0.1",
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--server.fileWatcherType",
+        "none",
+    ]
+    with open(log, "wb") as out:
+        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Block until the server answers its health check."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited with code {proc.returncode} before it was healthy")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"streamlit did not become healthy on port {port} within {timeout:.0f} s")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """Terminate the server (its own process group) and wait for it."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+
+
+def generated_photos(folder: Path, count: int) -> list[Path]:
+    """Photo-like JPEGs of several sizes (one 12 MP), so the bench needs no data folder."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    sizes = [(4000, 3000), (500, 375), (375, 500), (1024, 768), (640, 480), (2048, 1536)]
+    paths = []
+    for i in range(count):
+        w, h = sizes[i % len(sizes)]
+        x = np.linspace(0, 255, w)[None, :, None] * np.ones((h, 1, 3)) * rng.uniform(0.3, 1.0, 3)
+        x = x + rng.normal(0, 25, (h, w, 3))
+        path = folder / f"bench_{i:02d}.jpg"
+        Image.fromarray(np.clip(x, 0, 255).astype(np.uint8)).save(path, "JPEG", quality=90)
+        paths.append(path)
+    return paths
+
+
+def drive(port: int, photos: list[Path], beam_sizes: list[int], timeout_ms: int) -> dict[str, float]:
+    """One browser session: upload, wait for captions and a heatmap, change beam size, visit every page."""
+    from playwright.sync_api import sync_playwright
+
+    marks: dict[str, float] = {}
+    with sync_playwright() as p, tempfile.TemporaryDirectory() as profile:
+        # A fresh profile per run; Playwright takes it as user_data_dir rather than a --user-data-dir flag.
+        browser = p.chromium.launch_persistent_context(
+            profile,
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1400, "height": 1000},
+        )
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(timeout_ms)
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.locator("input[type=file]").first.wait_for(state="attached")
+            marks["uploader_ready"] = time.monotonic()
+            page.locator("input[type=file]").first.set_input_files([str(p) for p in photos])
+            page.get_by_text(f"Captioned {len(photos)} of {len(photos)}", exact=False).wait_for()
+            page.get_by_text("attention for every word", exact=False).first.wait_for()
+            marks["first_captions"] = time.monotonic()
+            for k in beam_sizes:
+                slider = page.get_by_role("slider", name="Beam size")
+                slider.focus()
+                current = int(slider.get_attribute("aria-valuenow") or 1)
+                for _ in range(abs(k - current)):
+                    page.keyboard.press("ArrowRight" if k > current else "ArrowLeft")
+                page.get_by_text(f"Beam search (k={k}", exact=False).first.wait_for()
+            for title, heading in (("Test-set BLEU", "Test-set BLEU"), ("About the model", "About the model")):
+                page.get_by_role("link", name=title).click()
+                page.get_by_role("heading", name=heading).first.wait_for()
+            marks["done"] = time.monotonic()
+        finally:
+            browser.close()
+    return marks
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="CAPTIONER_MODEL for the server (default: bundled model)")
+    parser.add_argument("--report", default=None, help="CAPTIONER_REPORT for the server (default: bundled report)")
+    parser.add_argument("--photos", default=None, help="folder of JPEGs to upload (default: generate some)")
+    parser.add_argument("--count", type=int, default=6, help="photos to upload in the batch")
+    parser.add_argument("--beam", type=int, nargs="*", default=[5, 10, 1], help="beam sizes to switch through")
+    parser.add_argument("--limit-mb", type=float, default=1200.0, help="fail (exit 1) above this peak RSS")
+    parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for any one step")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    args = parser.parse_args(argv)
+    if not CHROMIUM.exists():
+        print(f"error: {CHROMIUM} not found; install Debian's chromium package (apt-get install -y chromium)")
+        return 2
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    for name, value in (("CAPTIONER_MODEL", args.model), ("CAPTIONER_REPORT", args.report)):
+        if value:
+            env[name] = str(Path(value).resolve()) if not value.startswith("hf://") else value
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = Path(tmp)
+        if args.photos:
+            photos = sorted(Path(args.photos).glob("*.jpg"))[: args.count]
+        else:
+            photos = generated_photos(tmp_path, args.count)
+        if not photos:
+            print(f"error: no .jpg photos in {args.photos}")
+            return 2
+        port = free_port()
+        start = time.monotonic()
+        proc = start_server(env, port, tmp_path / "server.log")
+        sampler = Sampler(proc.pid)
+        sampler.start()
+        try:
+            wait_healthy(port, proc, args.timeout)
+            marks = drive(port, photos, args.beam, int(args.timeout * 1000))
+        except Exception:
+            sys.stdout.write((tmp_path / "server.log").read_text(errors="replace")[-4000:])
+            raise
+        finally:
+            samples = sampler.stop()
+            stop_server(proc)
+    mb = [s / 2**20 for s in samples if s]
+    result = {
+        "photos": len(photos),
+        "cold_start_s": round(marks["first_captions"] - start, 2),
+        "uploader_ready_s": round(marks["uploader_ready"] - start, 2),
+        "session_s": round(marks["done"] - start, 2),
+        "peak_rss_mb": round(max(mb), 1),
+        "median_rss_mb": round(statistics.median(mb), 1),
+        "samples": len(mb),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(
+            f"cold start to first captions: {result['cold_start_s']:.1f} s "
+            f"(uploader ready after {result['uploader_ready_s']:.1f} s)"
+        )
+        print(
+            f"peak RSS {result['peak_rss_mb']:.0f} MB, median {result['median_rss_mb']:.0f} MB "
+            f"over {result['samples']} samples ({len(photos)} photos, beam sizes {args.beam})"
+        )
+    return 0 if max(mb) <= args.limit_mb else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

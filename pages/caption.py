@@ -1,0 +1,391 @@
+"""Caption page: upload photos (or pick examples), get greedy and beam captions with per-word attention."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+from PIL import ExifTags, Image
+
+from captioner import features, viz
+from captioner.decode import Caption
+from captioner.errors import CaptionerError, ImageError
+from captioner.pipeline import Captioner, Encoded
+from pages import common
+
+LOG = logging.getLogger("captioner.app")
+
+DISPLAY_SIDE = 800  # the photo kept per upload for display and overlays
+LEAN_PIXELS = 4_000_000  # above this, non-JPEG images are decoded once and shrunk at once to bound memory
+LEAN_SIDE = 2048
+HEATMAPS_BY_DEFAULT = 3  # batches up to this size open their attention heatmaps without a click
+FORMATS = "JPEG, PNG, WebP, BMP or GIF"
+
+
+@dataclass(frozen=True)
+class Photo:
+    """One decoded upload: a display copy, its backbone features, and notes about how it was read."""
+
+    name: str
+    digest: str
+    image: np.ndarray  # (H, W, 3) uint8, longest side ≤ DISPLAY_SIDE, EXIF-rotated
+    encoded: Encoded  # one image
+    original_size: tuple[int, int]  # (width, height) as stored in the file
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Result:
+    """What the page shows for one upload: either a photo with both captions, or the reason it failed."""
+
+    name: str
+    photo: Photo | None = None
+    greedy: Caption | None = None
+    beam: Caption | None = None
+    error: str | None = None
+
+
+# ---- reading uploads (no Streamlit here) ------------------------------------------------------------------------
+
+
+def digest(data: bytes) -> str:
+    """Content hash of an upload; results are cached by it, so changing settings never re-runs the backbone."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_photo(cap: Captioner, name: str, data: bytes, max_bytes: int | None = None) -> Photo:
+    """Validate, decode and encode one upload; raises ImageError naming the file."""
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ImageError(
+            f"{name}: the file is {len(data) / 2**20:.1f} MB; the upload limit is {max_bytes / 2**20:.0f} MB. "
+            "Resize or recompress it."
+        )
+    notes, size, lean = _inspect(name, data)
+    # One upload at a time per process: a big PNG briefly needs hundreds of MB, and sessions must not stack them.
+    with common.model_lock():
+        source = _decode_lean(data) if lean else data
+        pixels = cap.prepare(source, name)  # the same preprocessing as `captioner caption`
+        image = viz.fit(features.load_image(source, name, target=DISPLAY_SIDE), DISPLAY_SIDE)
+        del source
+        encoded = cap.encode([pixels], [name])
+    return Photo(name, digest(data), image, encoded, size, notes)
+
+
+def _inspect(name: str, data: bytes) -> tuple[list[str], tuple[int, int], bool]:
+    """Notes about an image that reads fine but needed converting, its size, and whether to decode it lean."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            fmt, mode, size = im.format, im.mode, im.size
+            animated = bool(getattr(im, "is_animated", False))
+            frames = getattr(im, "n_frames", 1) if animated and fmt == "GIF" and len(data) < 2**20 else None
+            orientation = im.getexif().get(ExifTags.Base.Orientation, 1)
+            transparent = mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info)
+    except Exception:  # unreadable: load_image reports it with the right message
+        return [], (0, 0), False
+    w, h = size
+    notes = []
+    if animated:
+        notes.append(f"animated ({frames or 'several'} frames): captioning the first frame")
+    if mode == "CMYK":
+        notes.append("CMYK colours converted to RGB")
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        notes.append("16-bit or float image scaled to 8 bits")
+    if mode in ("1", "L", "LA", "I;16", "I;16B", "I;16L", "I", "F"):
+        notes.append("grayscale: the model sees it as a gray RGB photo")
+    if transparent:
+        notes.append("transparent areas shown on white")
+    if orientation not in (0, 1):
+        notes.append("rotated upright as its EXIF orientation says")
+    if min(w, h) < 32:
+        notes.append(f"only {w}×{h} pixels: far below the model's {224}×{224} input, so the caption is a guess")
+    if max(w, h) > 4 * max(1, min(w, h)):
+        notes.append("very elongated: it is squashed to a square for the model")
+    lean = fmt != "JPEG" and LEAN_PIXELS < w * h <= features.MAX_PIXELS
+    return notes, size, lean
+
+
+def _decode_lean(data: bytes) -> Image.Image | bytes:
+    """Decode a big non-JPEG and shrink it in place at once, so only one full-size copy ever exists."""
+    try:
+        im = Image.open(io.BytesIO(data))
+        im.seek(0)
+        im.load()
+        im.thumbnail((LEAN_SIDE, LEAN_SIDE), Image.Resampling.LANCZOS)
+        return im
+    except Exception:  # let load_image report what is wrong with it
+        return data
+
+
+def captions_csv(results: Sequence[Result], settings: common.Settings) -> bytes:
+    """The batch's captions as CSV: one row per file, failures included with their error."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(
+        [
+            "file",
+            "greedy_caption",
+            "greedy_log_prob",
+            "beam_caption",
+            "beam_log_prob",
+            "beam_score",
+            "beam_size",
+            "length_penalty",
+            "error",
+        ]
+    )
+    for r in results:
+        if r.greedy is None or r.beam is None:
+            writer.writerow([r.name, "", "", "", "", "", "", "", r.error or ""])
+            continue
+        writer.writerow(
+            [
+                r.name,
+                r.greedy.text,
+                f"{r.greedy.log_prob:.4f}",
+                r.beam.text,
+                f"{r.beam.log_prob:.4f}",
+                f"{r.beam.score:.4f}",
+                settings.beam_size,
+                settings.length_penalty,
+                "",
+            ]
+        )
+    return buf.getvalue().encode("utf-8")
+
+
+def captions_json(results: Sequence[Result], settings: common.Settings, cap: Captioner) -> bytes:
+    """The batch's captions as JSON, with word probabilities, the beam's n-best list and the model's identity."""
+
+    def entry(c: Caption) -> dict:
+        probs = viz.word_probabilities(c)
+        words = [{"word": w, "p": round(float(p), 4)} for w, p in zip(c.tokens, probs, strict=True)]
+        return {"caption": c.text, "log_prob": round(c.log_prob, 4), "score": round(c.score, 4), "words": words}
+
+    images = []
+    for r in results:
+        if r.greedy is None or r.beam is None:
+            images.append({"file": r.name, "error": r.error})
+            continue
+        beam = {**entry(r.beam), "n_best": [entry(h) for h in r.beam.n_best]}
+        images.append({"file": r.name, "greedy": entry(r.greedy), "beam": beam})
+    doc = {
+        "model": {"source": cap.info.source, "commit": cap.info.commit, "weights_sha256": cap.info.weights_sha256},
+        "decoding": {
+            "beam_size": settings.beam_size,
+            "length_penalty": settings.length_penalty,
+            "max_length": cap.config.max_length,
+        },
+        "images": images,
+    }
+    return json.dumps(doc, indent=2, ensure_ascii=False).encode("utf-8")
+
+
+# ---- the page ------------------------------------------------------------------------------------------------------
+
+
+def caption_page() -> None:
+    """Upload photos or pick examples; show captions, n-best lists and attention; export the batch."""
+    st.title("Caption photos")
+    st.caption(
+        f"{FORMATS}; any size or aspect ratio; EXIF orientation is honoured. Captions come from greedy decoding and "
+        "from beam search with the sidebar's settings."
+    )
+    cap = common.current_captioner()
+    if cap is None:
+        common.model_error_ui()
+        return
+    settings = common.current_settings()
+    uploads = uploads_ui()
+    if not uploads:
+        st.info("Upload one or more photos, or pick an example, to caption them.", icon="🖼️")
+        return
+    results = caption_batch_ui(cap, uploads, settings)
+    if not results:
+        return
+    summary_ui(results, settings, cap)
+    default_heatmaps = len(results) <= HEATMAPS_BY_DEFAULT
+    for index, result in enumerate(results):
+        if result.photo is not None and result.greedy is not None and result.beam is not None:
+            photo_ui(result.name, result.photo, result.greedy, result.beam, settings, index, default_heatmaps)
+        else:
+            st.error(result.error or f"{result.name}: not captioned.", icon="⚠️")
+
+
+def uploads_ui() -> list[tuple[str, bytes]]:
+    """The uploader and the example picker; returns (file name, bytes) pairs in upload order."""
+    limit_mb = st.get_option("server.maxUploadSize")
+    files = st.file_uploader(
+        "Photos",
+        type=["image"],
+        accept_multiple_files=True,
+        key="uploads",
+        help=f"{FORMATS}, up to {limit_mb} MB each. Drop several at once to caption a batch.",
+    )
+    examples = common.example_photos()
+    picked: list[str] = []
+    if examples:
+        picked = st.multiselect(
+            "…or try example photos",
+            [p.name for p in examples],
+            key="examples",
+            help="Photos from the Flickr8k test split shipped with the app.",
+        )
+    uploads = [(f.name, f.getvalue()) for f in files or []]
+    by_name = {p.name: p for p in examples}
+    for name in picked:
+        try:
+            uploads.append((name, by_name[name].read_bytes()))
+        except OSError as e:
+            uploads.append((name, b""))
+            LOG.warning("example %s unreadable: %s", name, e)
+    return uploads
+
+
+def caption_batch_ui(cap: Captioner, uploads: list[tuple[str, bytes]], settings: common.Settings) -> list[Result]:
+    """Read, encode and decode every upload with a progress bar; failures become results with a message."""
+    max_bytes = int(st.get_option("server.maxUploadSize")) * 2**20
+    items = [(name, data, (name, digest(data))) for name, data in uploads]
+    pending = [i for i, (_, _, key) in enumerate(items) if not _is_cached(key, settings)]
+    bar = st.progress(0.0, text=f"Captioning {len(pending)} photo(s)…") if pending else None
+    results = []
+    for i, (name, data, key) in enumerate(items):
+        if bar is not None and i in pending:
+            done = pending.index(i)
+            bar.progress(done / len(pending), text=f"Captioning {name} ({done + 1} of {len(pending)})…")
+        results.append(_caption_one(cap, name, data, key, settings, max_bytes))
+    if bar is not None:
+        bar.empty()
+    return results
+
+
+def _is_cached(key: tuple[str, str], settings: common.Settings) -> bool:
+    if not common.is_remembered("photo", key):
+        return False
+    if isinstance(st.session_state["_cache_photo"][key], str):
+        return True
+    return all(common.is_remembered("caption", (*key, k, settings.length_penalty)) for k in (1, settings.beam_size))
+
+
+def _caption_one(
+    cap: Captioner, name: str, data: bytes, key: tuple[str, str], settings: common.Settings, max_bytes: int
+) -> Result:
+    """One upload → Result; the UI edge for per-file errors, so one bad file never stops the batch."""
+    try:
+        photo = common.remember("photo", key, lambda: _photo_or_error(cap, name, data, max_bytes))
+        if isinstance(photo, str):
+            return Result(name, error=photo)
+        greedy = _decoded(cap, photo, key, 1, settings.length_penalty)
+        beam = _decoded(cap, photo, key, settings.beam_size, settings.length_penalty)
+        return Result(name, photo, greedy, beam)
+    except CaptionerError as e:
+        return Result(name, error=f"{name}: {e}")
+    except Exception as e:  # the UI edge: report, log, and carry on with the rest of the batch
+        LOG.exception("captioning %s failed", name)
+        return Result(name, error=f"{name}: unexpected {type(e).__name__} while captioning ({e}).")
+
+
+def _photo_or_error(cap: Captioner, name: str, data: bytes, max_bytes: int) -> Photo | str:
+    """A Photo, or the message for why this file cannot be captioned (cached like a result)."""
+    try:
+        return read_photo(cap, name, data, max_bytes)
+    except ImageError as e:
+        message = str(e)
+        if "cannot decode" in message or "cannot identify" in message:
+            message = f"{message} Expected a {FORMATS} image."
+        return message if message.startswith(name) else f"{name}: {message}"
+
+
+def _decoded(cap: Captioner, photo: Photo, key: tuple[str, str], beam: int, alpha: float) -> Caption:
+    def run() -> Caption:
+        with common.model_lock():
+            return cap.decode(photo.encoded, beam_size=beam, length_penalty=alpha)[0]
+
+    return common.remember("caption", (*key, beam, alpha), run)
+
+
+def summary_ui(results: list[Result], settings: common.Settings, cap: Captioner) -> None:
+    """Batch summary and export buttons."""
+    ok = sum(r.error is None for r in results)
+    failed = len(results) - ok
+    line = f"Captioned **{ok}** of {len(results)} file(s)."
+    if failed:
+        line += f" {failed} could not be read; see the messages below."
+    left, csv_col, json_col = st.columns([4, 1, 1], vertical_alignment="center")
+    left.markdown(line)
+    csv_col.download_button(
+        "CSV",
+        captions_csv(results, settings),
+        file_name="captions.csv",
+        mime="text/csv",
+        icon=":material/download:",
+        on_click="ignore",
+        help="Captions of this batch as CSV",
+    )
+    json_col.download_button(
+        "JSON",
+        captions_json(results, settings, cap),
+        file_name="captions.json",
+        mime="application/json",
+        icon=":material/download:",
+        on_click="ignore",
+        help="Captions, word probabilities and n-best lists as JSON",
+    )
+
+
+def photo_ui(
+    name: str, photo: Photo, greedy: Caption, beam: Caption, settings: common.Settings, index: int, heatmaps: bool
+) -> None:
+    """One photo: the image, greedy and beam captions side by side, the n-best list and attention on demand."""
+    key = f"{index}:{photo.digest[:16]}"
+    with st.container(border=True):
+        st.subheader(name, anchor=False)
+        for note in photo.notes:
+            st.caption(f"ℹ️ {common.md_escape(name)}: {note}.")
+        left, right = st.columns([2, 3])
+        w, h = photo.original_size
+        left.image(photo.image, caption=f"{w}×{h} px" if w else None, output_format="JPEG")
+        with right:
+            g, b = st.columns(2)
+            caption_card_ui(g, "Greedy", greedy)
+            caption_card_ui(b, f"Beam search (k={settings.beam_size}, α={settings.length_penalty:.2f})", beam)
+            if st.toggle("Beam n-best list", key=f"{key}:nbest"):
+                nbest_ui(beam)
+        if st.toggle("Attention heatmaps", value=heatmaps, key=f"{key}:attention"):
+            stem = Path(name).stem
+            common.attention_ui(photo.image, {"Greedy": greedy, "Beam": beam}, settings.opacity, key, stem)
+
+
+def caption_card_ui(column, title: str, caption: Caption) -> None:
+    """One caption with its log-probability."""
+    with column:
+        st.markdown(f"**{title}**")
+        text = common.md_escape(caption.text) if caption.text else "*(empty caption)*"
+        st.markdown(f"#### {text}")
+        st.caption(common.caption_stats(caption))
+
+
+def nbest_ui(beam: Caption) -> None:
+    """The beam's finished hypotheses, best first."""
+    rows = [
+        {
+            "rank": i + 1,
+            "caption": h.text or "(empty)",
+            "log p": round(h.log_prob, 3),
+            "score": round(h.score, 3),
+            "words": len(h.tokens),
+        }
+        for i, h in enumerate(beam.n_best)
+    ]
+    st.dataframe(rows, hide_index=True, width="stretch")
+
+
+if __name__ == "__main__":
+    caption_page()

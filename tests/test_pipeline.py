@@ -1,0 +1,77 @@
+"""The public API and the `caption` / `evaluate` commands, on a tiny random-weight model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from captioner import Captioner
+from captioner.errors import ImageError, ModelError
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    return Captioner.load(str(tiny_model_dir))
+
+
+def test_load_reports_where_the_weights_came_from(model, tiny_model_dir):
+    assert model.info.path == tiny_model_dir
+    assert len(model.info.weights_sha256) == 64
+
+
+def test_caption_accepts_paths_bytes_pil_and_arrays(model, photo_bytes, tmp_path):
+    (tmp_path / "p.jpg").write_bytes(photo_bytes)
+    pil = Image.open(tmp_path / "p.jpg")
+    results = model.caption([tmp_path / "p.jpg", photo_bytes, pil, np.asarray(pil)], beam_size=2)
+    assert len({r.text for r in results}) == 1  # one photo, four forms, one caption
+    grid = model.config.grid
+    for r in results:
+        assert r.attention.shape == (len(r.tokens), *grid)
+
+
+def test_save_then_load_gives_identical_captions(model, tiny_model_dir, photo_bytes):
+    again = Captioner.from_directory(tiny_model_dir)
+    a = model.caption([photo_bytes], beam_size=3)[0]
+    b = again.caption([photo_bytes], beam_size=3)[0]
+    assert (a.text, round(a.log_prob, 4)) == (b.text, round(b.log_prob, 4))
+
+
+def test_bad_image_names_the_file(model):
+    with pytest.raises(ImageError, match=r"^broken\.png: cannot decode"):
+        model.encode([b"not an image"], names=["broken.png"])
+
+
+def test_model_directory_without_weights_is_a_clear_error(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ModelError, match="lacks"):
+        Captioner.from_directory(tmp_path)
+
+
+def _cli(*args, env_model=None):
+    return subprocess.run([sys.executable, "-m", "captioner.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_caption_command_captions_good_files_and_reports_bad_ones(tiny_model_dir, photo_bytes, tmp_path):
+    good, bad, empty = tmp_path / "good.jpg", tmp_path / "bad.jpg", tmp_path / "empty.png"
+    good.write_bytes(photo_bytes)
+    bad.write_bytes(b"GIF89a but not really")
+    empty.write_bytes(b"")
+    proc = _cli("caption", str(good), str(bad), str(empty), "--json", "--beam", "2", "--model", str(tiny_model_dir))
+    assert proc.returncode == 1
+    out = json.loads(proc.stdout)
+    assert [set(e) for e in out] == [{"image", "greedy", "beam"}, {"image", "error"}, {"image", "error"}]
+    assert isinstance(out[0]["greedy"]["caption"], str) and out[0]["beam"]["log_prob"] <= 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2 and "bad.jpg" in errors[0] and "empty" in errors[1]
+
+
+def test_caption_command_with_a_missing_model_is_one_line(tmp_path, photo_bytes):
+    (tmp_path / "p.jpg").write_bytes(photo_bytes)
+    proc = _cli("caption", str(tmp_path / "p.jpg"), "--model", str(tmp_path / "nowhere"))
+    assert proc.returncode != 0
+    assert proc.stderr.strip().startswith("error:") and proc.stderr.strip().count("\n") == 0, proc.stderr
