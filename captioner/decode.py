@@ -31,7 +31,7 @@ class Caption:
     n_best: list[Caption] = field(default_factory=list)
 
 
-def _search(decoder: CaptionDecoder, features, k: int, steps: int, alpha, start_id: int, end_id: int):
+def _search(decoder: CaptionDecoder, features, k: int, steps: int, alpha, start_id: int, end_id: int, unk_id: int):
     """Beam search for a batch of feature grids; returns the per-image pools of k finished hypotheses."""
     regions, keys, states = decoder.encode(tf.cast(features, tf.float32))
     b, r = tf.shape(regions)[0], tf.shape(regions)[1]
@@ -51,6 +51,7 @@ def _search(decoder: CaptionDecoder, features, k: int, steps: int, alpha, start_
     }  # fmt: skip
     done = tf.zeros([b], tf.bool)
     rank_ok = tf.range(2 * k) < k
+    allowed = tf.range(v) > unk_id  # ids 0..3 are <pad> <start> <end> <unk>; <end> is handled separately
 
     def merge(pool, norm, cand):
         """Keep the k best of the pool and the candidates (norm = -inf where a candidate must not enter)."""
@@ -62,8 +63,8 @@ def _search(decoder: CaptionDecoder, features, k: int, steps: int, alpha, start_
 
     for t in tf.range(steps):
         logp, att, states = decoder.step(tokens, states, regions, keys)  # (B·k, V), (B·k, R)
-        # The last step may only end a caption, so no hypothesis exceeds `steps - 1` words.
-        logp = tf.where((t < steps - 1) | (tf.range(v) == end_id), logp, neg_inf)
+        # Never emit <pad>/<start>/<unk>; the last step may only end a caption (no more than `steps - 1` words).
+        logp = tf.where(((t < steps - 1) & allowed) | (tf.range(v) == end_id), logp, neg_inf)
         logp = tf.reshape(logp, [b, k, v])
         vals, idx = tf.math.top_k(tf.reshape(scores[:, :, None] + logp, [b, k * v]), 2 * k)  # (B, 2k)
         beam, word = idx // v, idx % v  # floor division: the parent beam of each candidate
@@ -105,7 +106,9 @@ class BeamSearch:
         if (k, steps) not in self._compiled:
             spec = tf.TensorSpec([None, *self.grid, None], tf.float32)
             self._compiled[(k, steps)] = tf.function(
-                lambda f, a: _search(self.decoder, f, k, steps, a, self.vocab.start_id, self.vocab.end_id),
+                lambda f, a: _search(
+                    self.decoder, f, k, steps, a, self.vocab.start_id, self.vocab.end_id, self.vocab.unk_id
+                ),
                 input_signature=[spec, tf.TensorSpec([], tf.float32)],
                 reduce_retracing=True,
             )

@@ -176,17 +176,24 @@ class ImageCaptioner(keras.Model):
 
 
 def save_weights(model: keras.Model, path: str | Path, dtype: str = "float16") -> None:
-    """Save Keras weights, then store floating arrays as `dtype` to halve the file (loading casts back)."""
+    """Save Keras weights with floating arrays stored as `dtype` (half the bytes; loading casts back)."""
     path = Path(path)
-    model.save_weights(path)
-    with h5py.File(path, "r+") as f:
-        datasets = []
-        f.visititems(lambda name, obj: datasets.append(name) if isinstance(obj, h5py.Dataset) else None)
-        for name in datasets:
-            data = f[name][()]
-            if data.dtype.kind == "f" and data.dtype != np.dtype(dtype):
-                del f[name]
-                f.create_dataset(name, data=data.astype(dtype))
+    full = path.with_name(path.name + ".tmp.weights.h5")
+    model.save_weights(full)
+    # Copy into a fresh file: HDF5 never reclaims the space of datasets deleted in place.
+    with h5py.File(full, "r") as src, h5py.File(path, "w") as dst:
+
+        def copy(name: str, obj) -> None:
+            if isinstance(obj, h5py.Dataset):
+                data = obj[()]
+                dst.create_dataset(name, data=data.astype(dtype) if data.dtype.kind == "f" else data)
+            else:
+                dst.require_group(name)
+            dst[name].attrs.update(obj.attrs)
+
+        dst.attrs.update(src.attrs)
+        src.visititems(copy)
+    full.unlink()
 
 
 def load_weights(model: keras.Model, path: str | Path) -> None:

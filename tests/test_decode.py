@@ -39,6 +39,7 @@ def _greedy_reference(search, feats, max_length):
             logp = np.array(logp[0])
             if step == max_length:
                 break
+            logp[[vocab.pad_id, vocab.start_id, vocab.unk_id]] = -np.inf  # never emitted
             token = np.array([int(np.argmax(logp))])
             if token[0] == vocab.end_id:
                 break
@@ -70,7 +71,7 @@ def test_results_are_well_formed(search, feats):
         assert 1 <= len(c.n_best) <= 4 and c.n_best[0].text == c.text
         scores = [h.score for h in c.n_best]
         assert scores == sorted(scores, reverse=True)
-        assert n <= 7 and "<end>" not in c.tokens and "<pad>" not in c.tokens
+        assert n <= 7 and not {"<end>", "<pad>", "<start>", "<unk>"} & set(c.tokens)
 
 
 def test_batching_does_not_change_results(search, feats):
