@@ -10,7 +10,6 @@ from pathlib import Path
 
 import h5py
 import keras
-import numpy as np
 from keras import ops
 
 from captioner.errors import ModelError
