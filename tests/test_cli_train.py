@@ -1,0 +1,71 @@
+"""The training commands end to end on a tiny synthetic dataset: features -> train -> resume -> export."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from captioner import backbones, cli
+from captioner.hub import verify_manifest
+from captioner.pipeline import Captioner
+
+COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
+
+
+@pytest.fixture
+def tiny_dataset(tmp_path):
+    root = tmp_path / "flickr"
+    (root / "Images").mkdir(parents=True)
+    rows, names = ["image,caption"], []
+    for i in range(12):
+        colour = list(COLOURS)[i % 3]
+        name = f"{i}_{colour}.jpg"
+        Image.new("RGB", (40, 30), COLOURS[colour]).save(root / "Images" / name)
+        rows += [f"{name},a {colour} square"] * 5
+        names.append(name)
+    (root / "captions.txt").write_text("\n".join(rows) + "\n")
+    for split, part in {"train": names[:6], "dev": names[6:9], "test": names[9:]}.items():
+        (root / f"Flickr_8k.{split}Images.txt").write_text("\n".join(part))
+    return root
+
+
+@pytest.fixture
+def tiny_backbone():
+    def builder(include_top=False, weights=None):
+        inputs = keras.Input((16, 16, 3), dtype="uint8")
+        x = keras.layers.Rescaling(1 / 255)(inputs)
+        x = keras.layers.Conv2D(8, 3, strides=4, padding="same", kernel_initializer="ones", name="conv")(x)
+        return keras.Model(inputs, x, name="tiny_cli")
+
+    backbones.register(backbones.BackboneSpec("tiny_cli", 16, 4, 8, builder, "x/255", "fixed"), overwrite=True)
+
+
+def test_features_train_resume_and_export(tmp_path, tiny_dataset, tiny_backbone, capsys):
+    cache, run = str(tmp_path / "cache"), tmp_path / "run"
+    common = ["--data", str(tiny_dataset), "--backbone", "tiny_cli", "--cache", cache]
+    assert cli.main(["features", *common]) == 0
+    train = ["train", *common, "--run", str(run), "--units", "16", "--attention-units", "8", "--min-count", "1",
+             "--glove", "none", "--batch", "3", "--lr", "0.01"]  # fmt: skip
+    assert cli.main([*train, "--epochs", "1"]) == 0
+    assert cli.main([*train, "--epochs", "2"]) == 0
+    log = (run / "train.log").read_text()
+    assert "resumed from" in log and "epoch 2:" in log and "dev BLEU-4" in log
+    assert json.loads((run / "config.json").read_text())["backbone"] == "tiny_cli"
+
+    out = tmp_path / "model"
+    assert cli.main(["export", "--run", str(run), "--out", str(out)]) == 0
+    verify_manifest(out)
+    model = Captioner.load(str(out))
+    caption = model.caption([np.full((30, 40, 3), 200, np.uint8)])[0]
+    assert set(caption.tokens) <= {"a", "red", "blue", "green", "square"}
+
+
+def test_train_without_features_says_what_to_run(tmp_path, tiny_dataset, tiny_backbone, capsys):
+    code = cli.main(["train", "--data", str(tiny_dataset), "--backbone", "tiny_cli", "--cache", str(tmp_path / "none"),
+                     "--run", str(tmp_path / "run")])  # fmt: skip
+    assert code != 0
+    assert "captioner features --backbone tiny_cli" in capsys.readouterr().err
