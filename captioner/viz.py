@@ -57,6 +57,7 @@ def upsample(attention: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         raise ValueError(f"Expected one attention map of shape (h, w). Received: {a.shape}.")
     width, height = size
     big = np.asarray(Image.fromarray(a).resize((width, height), Image.Resampling.BICUBIC))  # (H, W)
+    big = np.maximum(big, 0.0)  # bicubic undershoots next to a peak; attention is never negative
     lo, hi = float(big.min()), float(big.max())
     if hi - lo < 1e-12:
         return np.zeros((height, width), np.float32)

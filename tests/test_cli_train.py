@@ -44,16 +44,17 @@ def tiny_backbone():
     backbones.register(backbones.BackboneSpec("tiny_cli", 16, 4, 8, builder, "x/255", "fixed"), overwrite=True)
 
 
-def test_features_train_resume_and_export(tmp_path, tiny_dataset, tiny_backbone, capsys):
+def test_features_train_resume_self_critical_and_export(tmp_path, tiny_dataset, tiny_backbone, capsys):
     cache, run = str(tmp_path / "cache"), tmp_path / "run"
     common = ["--data", str(tiny_dataset), "--backbone", "tiny_cli", "--cache", cache]
     assert cli.main(["features", *common]) == 0
     train = ["train", *common, "--run", str(run), "--units", "16", "--attention-units", "8", "--min-count", "1",
              "--glove", "none", "--batch", "3", "--lr", "0.01"]  # fmt: skip
     assert cli.main([*train, "--epochs", "1"]) == 0
-    assert cli.main([*train, "--epochs", "2"]) == 0
+    assert cli.main([*train, "--epochs", "2", "--scst-epochs", "1"]) == 0
     log = (run / "train.log").read_text()
-    assert "resumed from" in log and "epoch 2:" in log and "dev BLEU-4" in log
+    assert "resumed from" in log and "epoch 2: loss" in log and "dev BLEU-4" in log
+    assert "self-critical training" in log and "epoch 3: scst: sampled CIDEr-D" in log
     assert json.loads((run / "config.json").read_text())["backbone"] == "tiny_cli"
 
     out = tmp_path / "model"
