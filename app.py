@@ -14,21 +14,30 @@ from pages import common
 
 
 def pages() -> list[st.Page]:
-    """The app's pages, in sidebar order."""
+    """The app's pages, in sidebar order.
+
+    No url_path equals a file name in pages/: Streamlit also treats pages/ as a legacy page folder, and a URL
+    matching a file there would run that file without this entrypoint.
+    """
     return [
-        st.Page("pages/caption.py", title="Caption", icon=":material/photo_camera:", url_path="caption", default=True),
-        st.Page("pages/bleu.py", title="Test-set BLEU", icon=":material/leaderboard:", url_path="bleu"),
-        st.Page("pages/about.py", title="About the model", icon=":material/info:", url_path="about"),
+        st.Page(
+            "pages/caption_page.py", title="Caption", icon=":material/photo_camera:", url_path="caption", default=True
+        ),
+        st.Page("pages/bleu_page.py", title="Test-set BLEU", icon=":material/leaderboard:", url_path="bleu"),
+        st.Page("pages/about_page.py", title="About the model", icon=":material/info:", url_path="about"),
     ]
 
 
 def main() -> None:
-    """Route to the selected page after loading the model and drawing the sidebar."""
+    """Start the model loading, draw the shared sidebar, and run the selected page."""
     st.set_page_config(page_title="Captioner", page_icon="🖼️", layout="wide")
     page = st.navigation(pages())
-    cap = common.captioner_ui()
-    common.sidebar_ui(cap)
+    common.model_loader()  # starts loading in the background on the first visit; pages wait only if they need it
+    model_slot = st.sidebar.container()
+    common.settings_ui()
     page.run()
+    with model_slot:  # filled last, so it reports a model that the page has just finished loading
+        common.model_info_ui()
 
 
 main()

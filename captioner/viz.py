@@ -109,7 +109,9 @@ def attention_grid(
     panels = max(n, 1)
     cols = max(1, min(columns, panels))
     rows = -(-panels // cols)
-    fig = Figure(figsize=(cols * _PANEL_INCHES, rows * _PANEL_INCHES * h / w + (0.5 if title else 0.2)))
+    # Each row: the panel plus room for its title; constrained layout keeps titles and suptitle apart.
+    height = rows * (_PANEL_INCHES * h / w + 0.35) + (0.4 if title else 0.0)
+    fig = Figure(figsize=(cols * _PANEL_INCHES, height), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
@@ -122,7 +124,6 @@ def attention_grid(
         ax.set_title(f"{i + 1}. {word}  (p={p:.2f})", fontsize=10)
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
     return fig
 
 

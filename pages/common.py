@@ -10,29 +10,36 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import streamlit as st
 
-from captioner import hub, paths, viz
-from captioner.decode import Caption
+from captioner import paths, viz
 from captioner.errors import CaptionerError
-from captioner.pipeline import Captioner
+
+if TYPE_CHECKING:  # importing these starts TensorFlow; the model loader does that on its own thread
+    from captioner.decode import Caption
+    from captioner.pipeline import Captioner
 
 LOG = logging.getLogger("captioner.app")
 
+MODEL_ENV = "CAPTIONER_MODEL"  # = captioner.hub.SOURCE_ENV, also a secret; hub is imported on the loader thread
+TOKEN_SECRET = "HF_TOKEN"  # = captioner.hub.TOKEN_SECRET
 REPORT_ENV = "CAPTIONER_REPORT"  # evaluation report the BLEU page reads; thumbnails live in <its folder>/thumbs
 EXAMPLES_ENV = "CAPTIONER_EXAMPLES"  # folder of example photos offered on the Caption page
 EXAMPLES_DIR = paths.ASSETS_DIR / "examples"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 MAX_BEAM = 10
+MAX_UPLOAD_MB = 25.0  # per file; .streamlit/config.toml lets larger files through so they get a message, not a tooltip
 DEFAULT_BEAM, DEFAULT_ALPHA, DEFAULT_OPACITY = 3, 0.7, 0.5
-_MODEL_KEY = "_captioner"
-_MODEL_ERROR_KEY = "_captioner_error"
+LOADING_MESSAGE = "Loading the captioning model (once per server start)…"
 _CACHE_LIMIT = 64  # results kept per session and kind (photos, captions, figures)
+_MODEL_LOCK = threading.RLock()  # this module is imported once per server process
 
 T = TypeVar("T")
 
@@ -69,6 +76,19 @@ def example_photos() -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def shown_path(path: Path) -> str:
+    """A path as the user should read it: relative to the repository when inside it."""
+    try:
+        return str(path.resolve().relative_to(paths.ASSETS_DIR.parent))
+    except (OSError, ValueError):
+        return str(path)
+
+
+def upload_limit_mb() -> float:
+    """The app's per-file upload limit: 25 MB, or Streamlit's server.maxUploadSize if that is lower."""
+    return min(MAX_UPLOAD_MB, float(st.get_option("server.maxUploadSize")))
+
+
 def read_secrets() -> dict[str, Any]:
     """Streamlit secrets as a plain dict; empty when the app has none."""
     try:
@@ -80,112 +100,149 @@ def read_secrets() -> dict[str, Any]:
 # ---- the model ------------------------------------------------------------------------------------------------
 
 
-@st.cache_resource(show_spinner="Loading the captioning model (once per server start)…")
-def _load_captioner(source: str) -> Captioner:
-    """Load the model once per process and source; compile greedy and default beam search before first use."""
-    cap = Captioner.load(source, secrets=read_secrets(), fallback=True)
-    with model_lock():
-        beam = _default_beam(cap)
-        encoded = cap.encode([np.zeros((cap.config.image_size, cap.config.image_size, 3), np.uint8)], ["warm-up"])
-        for k in sorted({1, beam}):
-            cap.decode(encoded, beam_size=k, length_penalty=DEFAULT_ALPHA)
-    return cap
+class ModelLoader:
+    """Loads the model on a background thread, so pages render and uploads arrive while TensorFlow starts."""
+
+    def __init__(self, secrets: Mapping[str, Any]):
+        self._future: Future[Captioner] = Future()
+        threading.Thread(target=self._load, args=(dict(secrets),), name="captioner-load", daemon=True).start()
+
+    def _load(self, secrets: dict[str, Any]) -> None:
+        try:
+            from captioner.pipeline import Captioner
+
+            cap = Captioner.load(None, secrets=secrets, fallback=True)  # $CAPTIONER_MODEL, secret, or bundled
+            with model_lock():  # compile greedy and the default beam search now, not on the first upload
+                image = np.zeros((cap.config.image_size, cap.config.image_size, 3), np.uint8)
+                encoded = cap.encode([image], ["warm-up"])
+                for k in sorted({1, default_beam(cap)}):
+                    cap.decode(encoded, beam_size=k, length_penalty=default_alpha(cap))
+        except BaseException as e:
+            if not isinstance(e, CaptionerError):
+                LOG.exception("the model failed to load")
+            self._future.set_exception(e)
+        else:
+            self._future.set_result(cap)
+            _warm_figures()
+
+    def done(self) -> bool:
+        """Whether loading has finished (or failed)."""
+        return self._future.done()
+
+    def result(self) -> Captioner:
+        """Wait for the model; raises what loading raised."""
+        return self._future.result()
 
 
-@st.cache_resource
+def _warm_figures() -> None:
+    """Import matplotlib and build its font cache off the critical path, so the first heatmap comes quickly."""
+    caption = SimpleNamespace(tokens=["warm"], token_log_probs=np.zeros(2), attention=np.full((1, 2, 2), 0.25))
+    try:
+        viz.to_png(viz.attention_grid(np.zeros((8, 8, 3), np.uint8), caption))
+    except Exception:  # only a warm-up: a real failure shows where the figure is drawn
+        LOG.exception("figure warm-up failed")
+
+
+@st.cache_resource(show_spinner=False)
+def _model_loader(env_source: str | None, secret_source: str | None) -> ModelLoader:
+    """One loader, hence one model, per process and model source; concurrent sessions share it."""
+    return ModelLoader(read_secrets())
+
+
 def model_lock() -> threading.RLock:
     """One lock per process around model calls and large decodes, so concurrent sessions queue, not pile up."""
-    return threading.RLock()
+    return _MODEL_LOCK
+
+
+def model_loader() -> ModelLoader:
+    """Start loading the model if no session has yet (returns at once)."""
+    # Keyed by what decides the source, so starting the load needs neither TensorFlow nor huggingface_hub here.
+    secret = read_secrets().get(MODEL_ENV)
+    return _model_loader(os.environ.get(MODEL_ENV), None if secret is None else str(secret))
 
 
 def captioner_ui() -> Captioner | None:
-    """Load (or reuse) the model, behind a spinner; on failure show the reason and return None."""
-    st.session_state.pop(_MODEL_ERROR_KEY, None)
+    """Wait for the model behind a spinner; on failure show why (and allow a retry) and return None."""
+    loader = model_loader()
     try:
-        cap = _load_captioner(hub.choose_source(None, read_secrets()))
-    except CaptionerError as e:
-        st.session_state[_MODEL_ERROR_KEY] = str(e)
-        cap = None
-    except Exception as e:  # the UI edge: never show a traceback
-        LOG.exception("model failed to load")
-        st.session_state[_MODEL_ERROR_KEY] = f"Unexpected {type(e).__name__} while loading the model: {e}"
-        cap = None
-    st.session_state[_MODEL_KEY] = cap
-    return cap
+        if loader.done():
+            return loader.result()
+        with st.spinner(LOADING_MESSAGE):
+            return loader.result()
+    except Exception as e:  # the UI edge: a message, never a traceback
+        reason = str(e) if isinstance(e, CaptionerError) else f"Unexpected {type(e).__name__}: {e}"
+        st.error(f"The captioning model could not be loaded. {reason}", icon="🚫")
+        st.markdown(
+            f"Point the `{MODEL_ENV}` environment variable (or Streamlit secret) at a model directory or at "
+            "`hf://OWNER/REPO@COMMIT`, or restore the bundled model in `assets/model/`."
+        )
+        if st.button("Try again"):
+            _model_loader.clear()
+            st.rerun()
+        return None
 
 
-def current_captioner() -> Captioner | None:
-    """The model loaded by app.py in this run (None if it failed to load)."""
-    return st.session_state.get(_MODEL_KEY)
+def loaded_captioner() -> Captioner | None:
+    """The model if it has finished loading successfully, without waiting."""
+    loader = model_loader()
+    if not loader.done():
+        return None
+    try:
+        return loader.result()
+    except Exception:
+        return None
 
 
-def model_error_ui() -> None:
-    """Explain why there is no model and how to get one."""
-    reason = st.session_state.get(_MODEL_ERROR_KEY, "The model is not loaded.")
-    st.error(f"The captioning model could not be loaded. {reason}", icon="🚫")
-    st.markdown(
-        f"Point the `{hub.SOURCE_ENV}` environment variable (or Streamlit secret) at a model directory or at "
-        "`hf://OWNER/REPO@COMMIT`, or restore the bundled model in `assets/model/`."
-    )
-
-
-def _default_beam(cap: Captioner) -> int:
-    decoding = cap.metrics.get("decoding", {}) if isinstance(cap.metrics, dict) else {}
-    beam = decoding.get("beam_size", DEFAULT_BEAM)
+def default_beam(cap: Captioner) -> int:
+    """The beam size the model was evaluated with (metrics.json), else 3."""
+    beam = _decoding(cap).get("beam_size", DEFAULT_BEAM)
     return int(beam) if isinstance(beam, int) and 1 <= beam <= MAX_BEAM else DEFAULT_BEAM
 
 
-def _default_alpha(cap: Captioner) -> float:
-    decoding = cap.metrics.get("decoding", {}) if isinstance(cap.metrics, dict) else {}
-    alpha = decoding.get("length_penalty", DEFAULT_ALPHA)
+def default_alpha(cap: Captioner) -> float:
+    """The length penalty the model was tuned with (metrics.json), else 0.7."""
+    alpha = _decoding(cap).get("length_penalty", DEFAULT_ALPHA)
     return float(alpha) if isinstance(alpha, int | float) and 0.0 <= alpha <= 2.0 else DEFAULT_ALPHA
+
+
+def _decoding(cap: Captioner) -> dict:
+    decoding = cap.metrics.get("decoding") if isinstance(cap.metrics, dict) else None
+    return decoding if isinstance(decoding, dict) else {}
 
 
 # ---- the shared sidebar ---------------------------------------------------------------------------------------
 
 
-def sidebar_ui(cap: Captioner | None) -> Settings:
-    """Where the weights came from, and the decoding / display settings every page uses."""
+def settings_ui() -> Settings:
+    """Decoding and display settings every page uses (defaults from the model's metrics.json once it is loaded)."""
+    cap = loaded_captioner()
+    if cap is not None and not st.session_state.get("_model_defaults"):
+        # Until the model is loaded the sliders start at the usual defaults; adopt the model's own unless moved.
+        st.session_state["_model_defaults"] = True
+        if st.session_state.get("beam_size", DEFAULT_BEAM) == DEFAULT_BEAM:
+            st.session_state["beam_size"] = default_beam(cap)
+        if st.session_state.get("length_penalty", DEFAULT_ALPHA) == DEFAULT_ALPHA:
+            st.session_state["length_penalty"] = default_alpha(cap)
+    st.session_state.setdefault("beam_size", DEFAULT_BEAM)
+    st.session_state.setdefault("length_penalty", DEFAULT_ALPHA)
+    st.session_state.setdefault("opacity", DEFAULT_OPACITY)
     with st.sidebar:
-        st.subheader("Model")
-        if cap is None:
-            st.error("No model loaded; see the main page for the reason.")
-        else:
-            info = cap.info
-            st.markdown(f"Weights from `{info.source}`")
-            if info.commit:
-                st.caption(f"Hub commit `{info.commit[:12]}`")
-            st.caption(f"SHA-256 `{info.weights_sha256[:12]}…`", help=info.weights_sha256)
-            if info.notice:
-                st.warning(info.notice)
         st.subheader("Decoding")
         beam = st.slider(
-            "Beam size",
-            1,
-            MAX_BEAM,
-            _default_beam(cap) if cap else DEFAULT_BEAM,
-            key="beam_size",
-            help="Hypotheses kept per step by beam search. 1 is greedy decoding.",
+            "Beam size", 1, MAX_BEAM, key="beam_size", help="Hypotheses kept per step by beam search. 1 is greedy."
         )
         alpha = st.slider(
             "Length penalty α",
             0.0,
             2.0,
-            _default_alpha(cap) if cap else DEFAULT_ALPHA,
             step=0.05,
             key="length_penalty",
-            help="Beam search ranks finished captions by log p / length^α; higher α favours "
-            "longer captions, 0 ranks by raw log-probability.",
+            help="Beam search ranks finished captions by log p / length^α; higher α favours longer captions, "
+            "0 ranks by raw log-probability.",
         )
         st.subheader("Display")
         opacity = st.slider(
-            "Heatmap opacity",
-            0.0,
-            1.0,
-            DEFAULT_OPACITY,
-            step=0.05,
-            key="opacity",
-            help="0 shows the photo only, 1 the attention heatmap only.",
+            "Heatmap opacity", 0.0, 1.0, step=0.05, key="opacity", help="0 shows the photo only, 1 the heatmap only."
         )
     settings = Settings(int(beam), float(alpha), float(opacity))
     st.session_state["_settings"] = settings
@@ -195,6 +252,34 @@ def sidebar_ui(cap: Captioner | None) -> Settings:
 def current_settings() -> Settings:
     """The sidebar settings of this run."""
     return st.session_state.get("_settings", Settings())
+
+
+def model_info_ui() -> None:
+    """Where the weights came from; while the model loads, a note that refreshes the app once it is ready."""
+    loader = model_loader()
+    st.subheader("Model")
+    if not loader.done():
+        _wait_for_model_ui()
+        return
+    try:
+        cap = loader.result()
+    except Exception as e:
+        st.error(f"No model: {e}")
+        return
+    info = cap.info
+    st.markdown(f"Weights from `{info.source}`")
+    if info.commit:
+        st.caption(f"Hub commit `{info.commit[:12]}`")
+    st.caption(f"SHA-256 `{info.weights_sha256[:12]}…`", help=info.weights_sha256)
+    if info.notice:
+        st.warning(info.notice)
+
+
+@st.fragment(run_every=1.0)
+def _wait_for_model_ui() -> None:
+    if model_loader().done():
+        st.rerun(scope="app")
+    st.caption(f"⏳ {LOADING_MESSAGE}")
 
 
 # ---- per-session result caches --------------------------------------------------------------------------------
@@ -231,9 +316,8 @@ def md_escape(text: str) -> str:
 def caption_stats(caption: Caption) -> str:
     """One line of scores for a caption."""
     n = len(caption.tokens)
-    mean_p = float(np.mean(viz.word_probabilities(caption))) if n else float("nan")
-    words = f"{n} word{'s' if n != 1 else ''}"
-    return f"log p = {caption.log_prob:.2f} · score = {caption.score:.2f} · {words} · mean word p = {mean_p:.2f}"
+    line = f"log p = {caption.log_prob:.2f} · score = {caption.score:.2f} · {n} word{'s' if n != 1 else ''}"
+    return line + (f" · mean word p = {float(np.mean(viz.word_probabilities(caption))):.2f}" if n else "")
 
 
 def _step(key: str, delta: int, n: int) -> None:
@@ -250,7 +334,7 @@ def attention_ui(image: np.ndarray, captions: Mapping[str, Caption], opacity: fl
     caption = captions[which]
     n = len(caption.tokens)
     if view == "All words":
-        title = f"{which}: {caption.text or '(empty caption)'}"
+        title = f"{which}: {caption.text}" if caption.text else f"{which} caption"
         png = remember("figure", (key, which, caption.text, opacity), lambda: _grid_png(image, caption, opacity, title))
         st.image(png, caption=f"{which} — attention for every word")
         st.download_button(

@@ -7,25 +7,30 @@ import hashlib
 import io
 import json
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import streamlit as st
 from PIL import ExifTags, Image
 
 from captioner import features, viz
-from captioner.decode import Caption
 from captioner.errors import CaptionerError, ImageError
-from captioner.pipeline import Captioner, Encoded
 from pages import common
+
+if TYPE_CHECKING:
+    from captioner.decode import Caption
+    from captioner.pipeline import Captioner, Encoded
 
 LOG = logging.getLogger("captioner.app")
 
 DISPLAY_SIDE = 800  # the photo kept per upload for display and overlays
 LEAN_PIXELS = 4_000_000  # above this, non-JPEG images are decoded once and shrunk at once to bound memory
 LEAN_SIDE = 2048
+NON_JPEG_PIXELS = 50_000_000  # PNG, WebP… must be decoded whole (JPEGs decode at reduced scale): cap their memory
 HEATMAPS_BY_DEFAULT = 3  # batches up to this size open their attention heatmaps without a click
 FORMATS = "JPEG, PNG, WebP, BMP or GIF"
 
@@ -38,8 +43,17 @@ class Photo:
     digest: str
     image: np.ndarray  # (H, W, 3) uint8, longest side ≤ DISPLAY_SIDE, EXIF-rotated
     encoded: Encoded  # one image
-    original_size: tuple[int, int]  # (width, height) as stored in the file
+    original_size: tuple[int, int]  # (width, height) upright, at full resolution
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One file to caption; `data` stays empty for a file over the limit, which is refused by its size alone."""
+
+    name: str
+    data: bytes
+    size: int
 
 
 @dataclass(frozen=True)
@@ -61,13 +75,19 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def read_photo(cap: Captioner, name: str, data: bytes, max_bytes: int | None = None) -> Photo:
-    """Validate, decode and encode one upload; raises ImageError naming the file."""
-    if max_bytes is not None and len(data) > max_bytes:
+def check_size(name: str, size: int, max_bytes: int) -> None:
+    """Raise ImageError naming the file if it is over the app's upload limit."""
+    if size > max_bytes:
         raise ImageError(
-            f"{name}: the file is {len(data) / 2**20:.1f} MB; the upload limit is {max_bytes / 2**20:.0f} MB. "
+            f"{name}: the file is {size / 2**20:.1f} MB; the upload limit is {max_bytes / 2**20:g} MB. "
             "Resize or recompress it."
         )
+
+
+def read_photo(cap: Captioner, name: str, data: bytes, max_bytes: int | None = None) -> Photo:
+    """Validate, decode and encode one upload; raises ImageError naming the file."""
+    if max_bytes is not None:
+        check_size(name, len(data), max_bytes)
     notes, size, lean = _inspect(name, data)
     # One upload at a time per process: a big PNG briefly needs hundreds of MB, and sessions must not stack them.
     with common.model_lock():
@@ -80,13 +100,16 @@ def read_photo(cap: Captioner, name: str, data: bytes, max_bytes: int | None = N
 
 
 def _inspect(name: str, data: bytes) -> tuple[list[str], tuple[int, int], bool]:
-    """Notes about an image that reads fine but needed converting, its size, and whether to decode it lean."""
+    """Notes about an image that needed converting, its upright size, and whether to decode it lean.
+
+    Raises ImageError for a non-JPEG too large to decode within the app's memory budget.
+    """
     try:
         with Image.open(io.BytesIO(data)) as im:
             fmt, mode, size = im.format, im.mode, im.size
             animated = bool(getattr(im, "is_animated", False))
             frames = getattr(im, "n_frames", 1) if animated and fmt == "GIF" and len(data) < 2**20 else None
-            orientation = im.getexif().get(ExifTags.Base.Orientation, 1)
+            orientation = _orientation(im)
             transparent = mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info)
     except Exception:  # unreadable: load_image reports it with the right message
         return [], (0, 0), False
@@ -104,22 +127,42 @@ def _inspect(name: str, data: bytes) -> tuple[list[str], tuple[int, int], bool]:
         notes.append("transparent areas shown on white")
     if orientation not in (0, 1):
         notes.append("rotated upright as its EXIF orientation says")
+    upright = (h, w) if orientation in (5, 6, 7, 8) else (w, h)
     if min(w, h) < 32:
-        notes.append(f"only {w}×{h} pixels: far below the model's {224}×{224} input, so the caption is a guess")
+        notes.append(f"only {w}×{h} pixels: far below what the model was trained on, so the caption is a guess")
     if max(w, h) > 4 * max(1, min(w, h)):
         notes.append("very elongated: it is squashed to a square for the model")
-    lean = fmt != "JPEG" and LEAN_PIXELS < w * h <= features.MAX_PIXELS
-    return notes, size, lean
+    if fmt != "JPEG" and w * h > NON_JPEG_PIXELS:
+        raise ImageError(
+            f"{name}: a {fmt} image of {w}×{h} = {w * h / 1e6:.0f} MP; the app decodes {fmt} images up to "
+            f"{NON_JPEG_PIXELS / 1e6:.0f} MP (JPEGs of any size). Save it as JPEG or downscale it."
+        )
+    return notes, upright, fmt != "JPEG" and w * h > LEAN_PIXELS
+
+
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation from the header alone (PIL's PNG getexif would decode the whole image to find it)."""
+    if im.format == "PNG":
+        exif = Image.Exif()
+        if "exif" in im.info:
+            exif.load(im.info["exif"])
+    else:
+        exif = im.getexif()
+    return int(exif.get(ExifTags.Base.Orientation, 1) or 1)
 
 
 def _decode_lean(data: bytes) -> Image.Image | bytes:
-    """Decode a big non-JPEG and shrink it in place at once, so only one full-size copy ever exists."""
+    """Decode a big non-JPEG and shrink it at once (box filter, then Lanczos), so one full-size copy ever exists."""
     try:
         im = Image.open(io.BytesIO(data))
         im.seek(0)
         im.load()
-        im.thumbnail((LEAN_SIDE, LEAN_SIDE), Image.Resampling.LANCZOS)
-        return im
+        factor = max(1, max(im.size) // LEAN_SIDE)
+        small = im.reduce(factor) if factor > 1 else im
+        small.info = im.info  # keeps the EXIF orientation for load_image
+        del im
+        small.thumbnail((LEAN_SIDE, LEAN_SIDE), Image.Resampling.LANCZOS)
+        return small
     except Exception:  # let load_image report what is wrong with it
         return data
 
@@ -198,15 +241,14 @@ def caption_page() -> None:
         f"{FORMATS}; any size or aspect ratio; EXIF orientation is honoured. Captions come from greedy decoding and "
         "from beam search with the sidebar's settings."
     )
-    cap = common.current_captioner()
-    if cap is None:
-        common.model_error_ui()
-        return
-    settings = common.current_settings()
     uploads = uploads_ui()
     if not uploads:
         st.info("Upload one or more photos, or pick an example, to caption them.", icon="🖼️")
         return
+    cap = common.captioner_ui()
+    if cap is None:
+        return
+    settings = common.current_settings()
     results = caption_batch_ui(cap, uploads, settings)
     if not results:
         return
@@ -219,15 +261,15 @@ def caption_page() -> None:
             st.error(result.error or f"{result.name}: not captioned.", icon="⚠️")
 
 
-def uploads_ui() -> list[tuple[str, bytes]]:
-    """The uploader and the example picker; returns (file name, bytes) pairs in upload order."""
-    limit_mb = st.get_option("server.maxUploadSize")
+def uploads_ui() -> list[Upload]:
+    """The uploader and the example picker; returns the files in upload order."""
+    limit_mb = common.upload_limit_mb()
     files = st.file_uploader(
         "Photos",
         type=["image"],
         accept_multiple_files=True,
         key="uploads",
-        help=f"{FORMATS}, up to {limit_mb} MB each. Drop several at once to caption a batch.",
+        help=f"{FORMATS}, up to {limit_mb:g} MB each. Drop several at once to caption a batch.",
     )
     examples = common.example_photos()
     picked: list[str] = []
@@ -238,29 +280,32 @@ def uploads_ui() -> list[tuple[str, bytes]]:
             key="examples",
             help="Photos from the Flickr8k test split shipped with the app.",
         )
-    uploads = [(f.name, f.getvalue()) for f in files or []]
+    max_bytes = int(limit_mb * 2**20)
+    # A file over the limit is never read into a second copy: its size alone decides.
+    uploads = [Upload(f.name, f.getvalue() if f.size <= max_bytes else b"", f.size) for f in files or []]
     by_name = {p.name: p for p in examples}
     for name in picked:
         try:
-            uploads.append((name, by_name[name].read_bytes()))
+            data = by_name[name].read_bytes()
         except OSError as e:
-            uploads.append((name, b""))
             LOG.warning("example %s unreadable: %s", name, e)
+            data = b""
+        uploads.append(Upload(name, data, len(data)))
     return uploads
 
 
-def caption_batch_ui(cap: Captioner, uploads: list[tuple[str, bytes]], settings: common.Settings) -> list[Result]:
+def caption_batch_ui(cap: Captioner, uploads: list[Upload], settings: common.Settings) -> list[Result]:
     """Read, encode and decode every upload with a progress bar; failures become results with a message."""
-    max_bytes = int(st.get_option("server.maxUploadSize")) * 2**20
-    items = [(name, data, (name, digest(data))) for name, data in uploads]
-    pending = [i for i, (_, _, key) in enumerate(items) if not _is_cached(key, settings)]
+    max_bytes = int(common.upload_limit_mb() * 2**20)
+    items = [(u, (u.name, digest(u.data) if u.size <= max_bytes else f"size:{u.size}")) for u in uploads]
+    pending = [i for i, (_, key) in enumerate(items) if not _is_cached(key, settings)]
     bar = st.progress(0.0, text=f"Captioning {len(pending)} photo(s)…") if pending else None
     results = []
-    for i, (name, data, key) in enumerate(items):
+    for i, (upload, key) in enumerate(items):
         if bar is not None and i in pending:
             done = pending.index(i)
-            bar.progress(done / len(pending), text=f"Captioning {name} ({done + 1} of {len(pending)})…")
-        results.append(_caption_one(cap, name, data, key, settings, max_bytes))
+            bar.progress(done / len(pending), text=f"Captioning {upload.name} ({done + 1} of {len(pending)})…")
+        results.append(_caption_one(cap, upload, key, settings, max_bytes))
     if bar is not None:
         bar.empty()
     return results
@@ -275,11 +320,12 @@ def _is_cached(key: tuple[str, str], settings: common.Settings) -> bool:
 
 
 def _caption_one(
-    cap: Captioner, name: str, data: bytes, key: tuple[str, str], settings: common.Settings, max_bytes: int
+    cap: Captioner, upload: Upload, key: tuple[str, str], settings: common.Settings, max_bytes: int
 ) -> Result:
     """One upload → Result; the UI edge for per-file errors, so one bad file never stops the batch."""
+    name = upload.name
     try:
-        photo = common.remember("photo", key, lambda: _photo_or_error(cap, name, data, max_bytes))
+        photo = common.remember("photo", key, lambda: _photo_or_error(cap, upload, max_bytes))
         if isinstance(photo, str):
             return Result(name, error=photo)
         greedy = _decoded(cap, photo, key, 1, settings.length_penalty)
@@ -292,12 +338,20 @@ def _caption_one(
         return Result(name, error=f"{name}: unexpected {type(e).__name__} while captioning ({e}).")
 
 
-def _photo_or_error(cap: Captioner, name: str, data: bytes, max_bytes: int) -> Photo | str:
+def _photo_or_error(cap: Captioner, upload: Upload, max_bytes: int) -> Photo | str:
     """A Photo, or the message for why this file cannot be captioned (cached like a result)."""
+    name = upload.name
     try:
-        return read_photo(cap, name, data, max_bytes)
+        check_size(name, upload.size, max_bytes)
+        return read_photo(cap, name, upload.data)
     except ImageError as e:
-        message = str(e)
+        message = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(e))  # PIL's repr means nothing here
+        if bomb := re.search(r"decompression bomb \(Image size \((\d+) pixels\)", message):
+            claimed = int(bomb.group(1)) / 1e6
+            message = (
+                f"{name}: refused as a decompression bomb: it claims {claimed:,.0f} megapixels; the app decodes "
+                f"at most {features.MAX_PIXELS / 1e6:.0f}. Downscale it first."
+            )
         if "cannot decode" in message or "cannot identify" in message:
             message = f"{message} Expected a {FORMATS} image."
         return message if message.startswith(name) else f"{name}: {message}"

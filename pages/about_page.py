@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import streamlit as st
 
-from captioner import hub
-from captioner.pipeline import Captioner
 from pages import common
+
+if TYPE_CHECKING:
+    from captioner.pipeline import Captioner
 
 METRICS = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4", "cider": "CIDEr"}
 HOW_IT_WORKS = """
@@ -26,10 +28,8 @@ HOW_IT_WORKS = """
 def about_page() -> None:
     """Model provenance, configuration, scores and model card."""
     st.title("About the model")
-    cap = common.current_captioner()
-    if cap is None:
-        common.model_error_ui()
-    else:
+    cap = common.captioner_ui()
+    if cap is not None:
         provenance_ui(cap)
         architecture_ui(cap)
         scores_ui(cap)
@@ -60,7 +60,9 @@ def architecture_ui(cap: Captioner) -> None:
     config["grid"] = "×".join(str(g) for g in cap.config.grid)
     config["vocabulary"] = f"{len(cap.vocab)} words"
     with st.expander("Configuration (config.json)"):
-        st.table(pd.DataFrame({"setting": list(config), "value": [str(v) for v in config.values()]}).set_index("setting"))
+        st.table(
+            pd.DataFrame({"setting": list(config), "value": [str(v) for v in config.values()]}).set_index("setting")
+        )
 
 
 def scores_ui(cap: Captioner) -> None:
@@ -103,9 +105,9 @@ def settings_ui() -> None:
         f"""
 | name | where | what |
 |---|---|---|
-| `{hub.SOURCE_ENV}` | env var or secret | model directory or `hf://OWNER/REPO@COMMIT` (default: `assets/model`) |
-| `{hub.TOKEN_SECRET}` | env var or secret | Hugging Face token, only for private model repositories |
-| `{common.REPORT_ENV}` | env var | evaluation report for the Test-set BLEU page (default: `assets/report/test_report.json`) |
+| `{common.MODEL_ENV}` | env var or secret | model directory or `hf://OWNER/REPO@COMMIT` (default: `assets/model`) |
+| `{common.TOKEN_SECRET}` | env var or secret | Hugging Face token, only for private model repositories |
+| `{common.REPORT_ENV}` | env var | report for the Test-set BLEU page (default: `assets/report/test_report.json`) |
 | `{common.EXAMPLES_ENV}` | env var | folder of example photos (default: `assets/examples`) |
 """
     )

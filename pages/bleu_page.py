@@ -5,18 +5,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 from captioner import viz
-from captioner.decode import Caption
 from captioner.errors import CaptionerError
 from captioner.evaluate import read_report, tokenize
 from captioner.features import load_image
-from captioner.pipeline import Captioner
 from pages import common
+
+if TYPE_CHECKING:
+    from captioner.decode import Caption
+    from captioner.pipeline import Captioner
 
 METRICS = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4", "cider": "CIDEr"}
 # Xu et al. (2015), "Show, Attend and Tell", Table 1, Flickr8k (BLEU in percent; no CIDEr reported).
@@ -38,8 +41,8 @@ HISTOGRAM_BIN = 5.0
 def evaluate_command(report: Path) -> str:
     """The commands that create the report and its thumbnails."""
     return (
-        f"captioner evaluate --data DIR --split test --beam 3 --out {report}\n"
-        f"captioner thumbnails --data DIR --split test --out {common.thumbs_dir(report)}"
+        f"captioner evaluate --data DIR --split test --beam 3 --out {common.shown_path(report)}\n"
+        f"captioner thumbnails --data DIR --split test --out {common.shown_path(common.thumbs_dir(report))}"
     )
 
 
@@ -120,6 +123,22 @@ def histogram(table: pd.DataFrame, metric: str = "bleu4", width: float = HISTOGR
     return pd.DataFrame({METRICS[metric]: edges[:-1], **counts})
 
 
+def corpus_table(report: dict) -> pd.DataFrame:
+    """Corpus scores of both decoders and the published anchors, formatted; "—" where a score was not reported."""
+
+    def cells(scores: dict) -> dict[str, str]:
+        return {
+            METRICS[k]: "—" if scores.get(k) is None else f"{scores[k]:.3f}" if k == "cider" else f"{scores[k]:.1f}"
+            for k in METRICS
+        }
+
+    corpus, k = report["corpus"], report["decoding"]["beam_size"]
+    rows = [{"": "This model — greedy", **cells(corpus["greedy"])}]
+    rows += [{"": f"This model — beam (k={k})", **cells(corpus["beam"])}]
+    rows += [{"": name, **cells(scores)} for name, scores in PUBLISHED.items()]
+    return pd.DataFrame(rows)
+
+
 # ---- the page ------------------------------------------------------------------------------------------------------
 
 
@@ -130,7 +149,7 @@ def bleu_page() -> None:
     try:
         stat = path.stat()
     except OSError:
-        st.warning(f"No evaluation report at `{path}` yet.", icon="📄")
+        st.warning(f"No evaluation report at `{common.shown_path(path)}` yet.", icon="📄")
         st.markdown("Create it (and the thumbnails the detail view shows) from a Flickr8k folder `DIR` with:")
         st.code(evaluate_command(path), language="bash")
         st.caption(f"Set `{common.REPORT_ENV}` to read a report from somewhere else.")
@@ -169,16 +188,7 @@ def corpus_ui(report: dict) -> None:
     cols[1].metric("BLEU-4, beam", f"{corpus['beam']['bleu4']:.1f}", f"{corpus['beam']['bleu4'] - soft:+.1f} vs soft")
     cols[2].metric("CIDEr, greedy", f"{corpus['greedy']['cider']:.3f}")
     cols[3].metric("CIDEr, beam", f"{corpus['beam']['cider']:.3f}")
-    rows = [
-        {"": "This model — greedy", **{METRICS[k]: corpus["greedy"][k] for k in METRICS}},
-        {"": f"This model — beam (k={d['beam_size']})", **{METRICS[k]: corpus["beam"][k] for k in METRICS}},
-    ] + [{"": name, **{METRICS[k]: v.get(k) for k in METRICS}} for name, v in PUBLISHED.items()]
-    st.dataframe(
-        pd.DataFrame(rows),
-        hide_index=True,
-        column_config={m: st.column_config.NumberColumn(m, format="%.1f") for m in list(METRICS.values())[:4]}
-        | {"CIDEr": st.column_config.NumberColumn("CIDEr", format="%.3f")},
-    )
+    st.table(corpus_table(report).set_index(""))
     st.caption(
         "Corpus BLEU in percent over all 5 references per image (nltk, no smoothing); CIDEr-D as in coco-caption. "
         "The published anchors are Xu et al. (2015), Table 1, Flickr8k; they report no CIDEr, and their tokenisation "
@@ -277,7 +287,7 @@ def table_ui(table: pd.DataFrame) -> pd.DataFrame:
     st.dataframe(
         shown,
         hide_index=True,
-        height=320,
+        height=min(360, 35 * (len(shown) + 1) + 3),
         column_config={c: st.column_config.NumberColumn(c, format=fmt) for c in shown.columns[[2, 4, 5]]},
     )
     st.download_button(
@@ -332,9 +342,8 @@ def detail_ui(report: dict, rows: pd.DataFrame, path: Path) -> None:
 
 def report_attention_ui(report: dict, name: str, thumb: Path) -> None:
     """Run the loaded model on the thumbnail and show its attention for greedy and beam decoding."""
-    cap = common.current_captioner()
+    cap = common.captioner_ui()
     if cap is None:
-        common.model_error_ui()
         return
     d = report["decoding"]
     beam, alpha = int(d["beam_size"]), float(d["length_penalty"])

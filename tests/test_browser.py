@@ -1,0 +1,250 @@
+"""End to end in a real browser: `streamlit run app.py` driven by headless Chromium through Playwright.
+
+Needs Debian's chromium (/usr/bin/chromium; `apt-get install -y chromium`) and the playwright Python package;
+Playwright's own browser downloads are never used. Screenshots land in test-artifacts/ at the repository root.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import PHOTOS, REPO
+from PIL import Image
+
+from captioner.evaluate import build_report, write_report
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 180_000  # the server's first session imports TensorFlow and loads the model
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _talkative_copy(model_dir: Path, out: Path) -> Path:
+    """A copy of the tiny model whose logits rarely pick <end> and never <pad>/<start>/<unk>.
+
+    Random weights often end a caption at once; this copy always says a few real words, so attention has something
+    to show. Only the output bias changes, so it loads and runs exactly like the original.
+    """
+    import h5py
+
+    from captioner.hub import write_manifest
+
+    shutil.copytree(model_dir, out)
+    words = json.loads((out / "vocab.json").read_text())["words"]
+    with h5py.File(out / "model.weights.h5", "r+") as f:
+        vectors = []  # the logits bias is the only (V,) vector whose kernel ends in V too
+        f.visititems(lambda n, o: vectors.append(n) if getattr(o, "shape", None) == (len(words),) else None)
+        (name,) = [n for n in vectors if f[n.replace("vars/1", "vars/0")].shape[-1] == len(words)]
+        bias = f[name][()]
+        bias[[words.index(w) for w in ("<pad>", "<start>", "<unk>")]] = -20.0
+        bias[words.index("<end>")] = -4.0
+        f[name][...] = bias
+    write_manifest(out)
+    return out
+
+
+def _jpeg(w: int, h: int, seed: int = 0, orientation: int | None = None) -> bytes:
+    rng = np.random.default_rng(seed)
+    x = np.linspace(0, 255, w)[None, :, None] * np.ones((h, 1, 3)) + rng.normal(0, 20, (h, w, 3))
+    exif = Image.Exif()
+    if orientation:
+        exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(x, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def report_file(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("browser_report")
+    names = ["dog.jpg", "bike.jpg", "pool.jpg"]
+    refs = [["a dog runs on the beach"] * 5, ["a man rides a bike"] * 5, ["kids swim in a pool"] * 5]
+    report = build_report(
+        model={"id": "tiny-test", "config": {}, "weights_sha256": "0" * 64},
+        split="test",
+        decoding={"beam_size": 3, "length_penalty": 0.7, "max_length": 6},
+        image_names=names,
+        references=refs,
+        greedy=["a dog runs", "a man rides a bike", "a child in a pool"],
+        beam=["a dog runs on the beach", "a man on a bike", "kids in a pool"],
+    )
+    write_report(report, root / "test_report.json")
+    (root / "thumbs").mkdir()
+    for i, name in enumerate(names):
+        (root / "thumbs" / name).write_bytes(_jpeg(160, 120, seed=i))
+    return root / "test_report.json"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, report_file, tmp_path_factory) -> Iterator[str]:
+    """`streamlit run app.py` on a free loopback port, serving the tiny model and the test report."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"needs Debian's Chromium at {CHROMIUM} (apt-get install -y chromium)")
+    pytest.importorskip("playwright.sync_api", reason="needs the playwright Python package")
+    port = _free_port()
+    env = {
+        **os.environ,
+        "CAPTIONER_MODEL": str(_talkative_copy(tiny_model_dir, tmp_path_factory.mktemp("talkative") / "model")),
+        "CAPTIONER_REPORT": str(report_file),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    log_path = tmp_path_factory.mktemp("server") / "streamlit.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        "app.py",
+        "--server.port",
+        str(port),
+        "--server.address",
+        "127.0.0.1",
+        "--server.headless",
+        "true",
+        "--browser.gatherUsageStats",
+        "false",
+        "--server.fileWatcherType",
+        "none",
+    ]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not start:\n{log_path.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+        # Keep the server's log with the screenshots: it holds any traceback the app logged instead of showing.
+        ARTIFACTS.mkdir(exist_ok=True)
+        shutil.copyfile(log_path, ARTIFACTS / "browser_streamlit.log")
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p, tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
+        # A fresh profile each run; Playwright takes it as user_data_dir instead of a --user-data-dir flag.
+        context = p.chromium.launch_persistent_context(
+            profile,
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1400, "height": 2400},
+        )
+        try:
+            tab = context.new_page()
+            tab.set_default_timeout(TIMEOUT_MS)
+            yield tab
+        finally:
+            context.close()
+
+
+@pytest.fixture(scope="module")
+def uploads(tmp_path_factory) -> list[Path]:
+    """A full-resolution photo, a text file posing as a JPEG, and a file over the 25 MB upload limit."""
+    folder = tmp_path_factory.mktemp("uploads")
+    photos = sorted(PHOTOS.glob("*.jpg")) if PHOTOS.is_dir() else []
+    if photos:
+        photo = folder / photos[0].name
+        shutil.copyfile(photos[0], photo)
+    else:
+        photo = folder / "generated.jpg"
+        photo.write_bytes(_jpeg(500, 375, orientation=6))
+    notes = folder / "notes.jpg"
+    notes.write_bytes(b"my holiday notes, not a photo\n" * 20)
+    huge = folder / "huge.jpg"
+    huge.write_bytes(_jpeg(64, 48) + bytes(26 * 2**20))
+    return [photo, notes, huge]
+
+
+def _wait_until_idle(page) -> None:
+    """Wait until the script run has finished and every image and chart on the page has drawn."""
+    page.wait_for_timeout(500)
+    page.locator("[data-testid=stStatusWidget]").wait_for(state="detached")
+    page.wait_for_function("() => [...document.querySelectorAll('img')].every(i => i.complete && i.naturalWidth > 0)")
+
+
+def _screenshot(page, name: str) -> None:
+    _wait_until_idle(page)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+
+
+def test_upload_captions_heatmap_and_bleu_page_in_chromium(server, page, uploads):
+    photo, notes, huge = uploads
+    page.goto(server)
+    page.get_by_role("heading", name="Caption photos").wait_for()
+    page.locator("input[type=file]").first.set_input_files([str(p) for p in uploads])
+
+    page.get_by_text("Captioned 1 of 3 file(s)", exact=False).wait_for()
+    page.get_by_text("Greedy", exact=True).first.wait_for()
+    page.get_by_text("Beam search (k=3", exact=False).first.wait_for()
+    assert page.get_by_text("log p = ", exact=False).count() == 2
+    assert page.get_by_text("(empty caption)").count() == 0  # real words, so the heatmaps have words to show
+    page.get_by_role("heading", name=photo.name).wait_for()
+    page.get_by_text(f"{notes.name}: cannot decode the image", exact=False).wait_for()
+    page.get_by_text(f"{huge.name}: the file is 26.0 MB; the upload limit is 25 MB", exact=False).wait_for()
+
+    heatmap = page.get_by_text("Greedy — attention for every word", exact=True)
+    heatmap.wait_for()
+    images = page.locator("[data-testid=stImage] img")
+    page.wait_for_function("() => [...document.querySelectorAll('[data-testid=stImage] img')].every(i => i.complete)")
+    widths = images.evaluate_all("els => els.map(e => e.naturalWidth)")
+    assert len(widths) >= 2 and min(widths) > 0  # the photo and the attention grid both decoded in the browser
+    assert page.locator("[data-testid=stException]").count() == 0
+    _screenshot(page, "browser_caption.png")
+
+    page.get_by_role("link", name="Test-set BLEU").click()
+    page.get_by_role("heading", name="Test-set BLEU").wait_for()
+    page.get_by_text("Show, Attend and Tell — soft attention", exact=False).first.wait_for(state="attached")
+    page.locator("[data-testid=stDataFrame]").first.wait_for()
+    page.get_by_text("References", exact=True).wait_for()
+    page.locator("[data-testid=stVegaLiteChart]").first.wait_for()  # the per-image BLEU-4 histogram
+    assert page.locator("[data-testid=stException]").count() == 0
+    _screenshot(page, "browser_bleu.png")
+    assert page.url.endswith("/bleu")
