@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ RESIZE = Image.Resampling.BILINEAR  # closest to how the 224×224 Flickr8k copy 
 FEATURE_VERSION = 1  # bump when preprocessing changes so old caches are not reused
 
 ImageSource = str | Path | bytes | Image.Image | np.ndarray
+_REDUCIBLE = ("RGB", "RGBA", "L", "LA", "I", "F", "I;16", "CMYK")
 
 
 def describe(src: ImageSource, name: str | None = None) -> str:
@@ -54,13 +56,21 @@ def load_image(src: ImageSource, name: str | None = None, target: int | None = N
             if target and image.format == "JPEG":
                 image.draft("RGB", (target, target))
             image.load()
+            if target and (factor := min(image.size) // (2 * target)) > 1 and image.mode in _REDUCIBLE:
+                image = image.reduce(factor)  # shrink big PNG/WebP/BMP before any full-size colour conversion
             image = ImageOps.exif_transpose(image)
             return _to_rgb(image, label)
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageError(f"{label}: refused as a decompression bomb ({e}).") from e
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as e:
+        claimed = re.search(r"\((\d+) pixels\)", str(e))  # PIL refuses at open(), before our own size check
+        size = f"it claims {int(claimed.group(1)) / 1e6:,.0f} megapixels, " if claimed else ""
+        raise ImageError(
+            f"{label}: refused as a decompression bomb: {size}over the {MAX_PIXELS / 1e6:.0f} MP limit."
+        ) from e
+    except UnidentifiedImageError as e:
+        raise ImageError(f"{label}: not a recognised image (expected JPEG, PNG, WebP, BMP or GIF).") from e
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise ImageError(f"{label}: cannot decode the image ({e}).") from e
 
 

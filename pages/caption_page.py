@@ -7,7 +7,6 @@ import hashlib
 import io
 import json
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +27,6 @@ if TYPE_CHECKING:
 LOG = logging.getLogger("captioner.app")
 
 DISPLAY_SIDE = 800  # the photo kept per upload for display and overlays
-LEAN_PIXELS = 4_000_000  # above this, non-JPEG images are decoded once and shrunk at once to bound memory
-LEAN_SIDE = 2048
 NON_JPEG_PIXELS = 50_000_000  # PNG, WebP… must be decoded whole (JPEGs decode at reduced scale): cap their memory
 HEATMAPS_BY_DEFAULT = 3  # batches up to this size open their attention heatmaps without a click
 FORMATS = "JPEG, PNG, WebP, BMP or GIF"
@@ -88,19 +85,17 @@ def read_photo(cap: Captioner, name: str, data: bytes, max_bytes: int | None = N
     """Validate, decode and encode one upload; raises ImageError naming the file."""
     if max_bytes is not None:
         check_size(name, len(data), max_bytes)
-    notes, size, lean = _inspect(name, data)
+    notes, size = _inspect(name, data)
     # One upload at a time per process: a big PNG briefly needs hundreds of MB, and sessions must not stack them.
     with common.model_lock():
-        source = _decode_lean(data) if lean else data
-        pixels = cap.prepare(source, name)  # the same preprocessing as `captioner caption`
-        image = viz.fit(features.load_image(source, name, target=DISPLAY_SIDE), DISPLAY_SIDE)
-        del source
+        pixels = cap.prepare(data, name)  # the same preprocessing as `captioner caption`
+        image = viz.fit(features.load_image(data, name, target=DISPLAY_SIDE), DISPLAY_SIDE)
         encoded = cap.encode([pixels], [name])
     return Photo(name, digest(data), image, encoded, size, notes)
 
 
-def _inspect(name: str, data: bytes) -> tuple[list[str], tuple[int, int], bool]:
-    """Notes about an image that needed converting, its upright size, and whether to decode it lean.
+def _inspect(name: str, data: bytes) -> tuple[list[str], tuple[int, int]]:
+    """Notes about an image that needed converting, and its upright size.
 
     Raises ImageError for a non-JPEG too large to decode within the app's memory budget.
     """
@@ -112,7 +107,7 @@ def _inspect(name: str, data: bytes) -> tuple[list[str], tuple[int, int], bool]:
             orientation = _orientation(im)
             transparent = mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info)
     except Exception:  # unreadable: load_image reports it with the right message
-        return [], (0, 0), False
+        return [], (0, 0)
     w, h = size
     notes = []
     if animated:
@@ -137,7 +132,7 @@ def _inspect(name: str, data: bytes) -> tuple[list[str], tuple[int, int], bool]:
             f"{name}: a {fmt} image of {w}×{h} = {w * h / 1e6:.0f} MP; the app decodes {fmt} images up to "
             f"{NON_JPEG_PIXELS / 1e6:.0f} MP (JPEGs of any size). Save it as JPEG or downscale it."
         )
-    return notes, upright, fmt != "JPEG" and w * h > LEAN_PIXELS
+    return notes, upright
 
 
 def _orientation(im: Image.Image) -> int:
@@ -149,22 +144,6 @@ def _orientation(im: Image.Image) -> int:
     else:
         exif = im.getexif()
     return int(exif.get(ExifTags.Base.Orientation, 1) or 1)
-
-
-def _decode_lean(data: bytes) -> Image.Image | bytes:
-    """Decode a big non-JPEG and shrink it at once (box filter, then Lanczos), so one full-size copy ever exists."""
-    try:
-        im = Image.open(io.BytesIO(data))
-        im.seek(0)
-        im.load()
-        factor = max(1, max(im.size) // LEAN_SIDE)
-        small = im.reduce(factor) if factor > 1 else im
-        small.info = im.info  # keeps the EXIF orientation for load_image
-        del im
-        small.thumbnail((LEAN_SIDE, LEAN_SIDE), Image.Resampling.LANCZOS)
-        return small
-    except Exception:  # let load_image report what is wrong with it
-        return data
 
 
 def captions_csv(results: Sequence[Result], settings: common.Settings) -> bytes:
@@ -345,16 +324,7 @@ def _photo_or_error(cap: Captioner, upload: Upload, max_bytes: int) -> Photo | s
         check_size(name, upload.size, max_bytes)
         return read_photo(cap, name, upload.data)
     except ImageError as e:
-        message = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(e))  # PIL's repr means nothing here
-        if bomb := re.search(r"decompression bomb \(Image size \((\d+) pixels\)", message):
-            claimed = int(bomb.group(1)) / 1e6
-            message = (
-                f"{name}: refused as a decompression bomb: it claims {claimed:,.0f} megapixels; the app decodes "
-                f"at most {features.MAX_PIXELS / 1e6:.0f}. Downscale it first."
-            )
-        if "cannot decode" in message or "cannot identify" in message:
-            message = f"{message} Expected a {FORMATS} image."
-        return message if message.startswith(name) else f"{name}: {message}"
+        return str(e)  # load_image and check_size name the file and say what is wrong
 
 
 def _decoded(cap: Captioner, photo: Photo, key: tuple[str, str], beam: int, alpha: float) -> Caption:

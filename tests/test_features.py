@@ -89,6 +89,12 @@ def test_non_square_upload_is_squashed_not_cropped():
     assert out.shape == (30, 30, 3) and out[:, 0, 0].min() > 200
 
 
+def test_large_png_is_reduced_before_conversion():
+    big = Image.new("RGBA", (4000, 3000), (10, 200, 10, 255))
+    out = load_image(_encode(big, "PNG", compress_level=1), target=224)
+    assert max(out.shape[:2]) < 1000 and out[0, 0].tolist() == [10, 200, 10]
+
+
 def test_large_jpeg_decodes_at_reduced_scale():
     big = Image.fromarray(np.random.default_rng(0).integers(0, 255, (3000, 4000, 3), np.uint8))
     assert max(load_image(_encode(big, "JPEG"), target=224).shape[:2]) < 1000
@@ -98,7 +104,7 @@ def test_large_jpeg_decodes_at_reduced_scale():
     ("payload", "message"),
     [
         (b"", "empty"),
-        (b"this is not an image at all", "cannot decode"),
+        (b"this is not an image at all", "not a recognised image"),
         (_encode(RGB, "JPEG")[:300], "cannot decode"),
         (_png_header_only(30000, 30000), "limit"),
     ],
