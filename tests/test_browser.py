@@ -227,7 +227,7 @@ def test_upload_captions_heatmap_and_bleu_page_in_chromium(server, page, uploads
     assert page.get_by_text("log p = ", exact=False).count() == 2
     assert page.get_by_text("(empty caption)").count() == 0  # real words, so the heatmaps have words to show
     page.get_by_role("heading", name=photo.name).wait_for()
-    page.get_by_text(f"{notes.name}: cannot decode the image", exact=False).wait_for()
+    page.get_by_text(f"{notes.name}: not a recognised image", exact=False).wait_for()
     page.get_by_text(f"{huge.name}: the file is 26.0 MB; the upload limit is 25 MB", exact=False).wait_for()
 
     heatmap = page.get_by_text("Greedy — attention for every word", exact=True)
