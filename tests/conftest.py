@@ -57,3 +57,30 @@ def photo_bytes() -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.clip(x, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=85)
     return buf.getvalue()
+
+
+def talkative_copy(model_dir: Path, out: Path) -> Path:
+    """A copy of the tiny model whose logits rarely pick <end> and never <pad>/<start>/<unk>.
+
+    Random weights often end a caption at once; this copy always says a few real words, so attention has something
+    to show. Only the output bias changes, so it loads and runs exactly like the original.
+    """
+    import json
+    import shutil
+
+    import h5py
+
+    from captioner.hub import write_manifest
+
+    shutil.copytree(model_dir, out)
+    words = json.loads((out / "vocab.json").read_text())["words"]
+    with h5py.File(out / "model.weights.h5", "r+") as f:
+        vectors = []  # the logits bias is the only (V,) vector whose kernel ends in V too
+        f.visititems(lambda n, o: vectors.append(n) if getattr(o, "shape", None) == (len(words),) else None)
+        (name,) = [n for n in vectors if f[n.replace("vars/1", "vars/0")].shape[-1] == len(words)]
+        bias = f[name][()]
+        bias[[words.index(w) for w in ("<pad>", "<start>", "<unk>")]] = -20.0
+        bias[words.index("<end>")] = -4.0
+        f[name][...] = bias
+    write_manifest(out)
+    return out

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import struct
 import sys
 import zlib
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PHOTOS, REPO
+from conftest import PHOTOS, REPO, talkative_copy
 from PIL import Image
 from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
@@ -33,30 +32,6 @@ from pages import common
 
 APP = REPO / "app.py"
 TIMEOUT = 180  # the first run in a test session loads TensorFlow and the model
-
-
-def _talkative_copy(model_dir: Path, out: Path) -> Path:
-    """A copy of the tiny model whose logits rarely pick <end> and never <pad>/<start>/<unk>.
-
-    Random weights often end a caption at once; this copy always says a few real words, so attention has something
-    to show. Only the output bias changes, so it loads and runs exactly like the original.
-    """
-    import h5py
-
-    from captioner.hub import write_manifest
-
-    shutil.copytree(model_dir, out)
-    words = json.loads((out / "vocab.json").read_text())["words"]
-    with h5py.File(out / "model.weights.h5", "r+") as f:
-        vectors = []  # the logits bias is the only (V,) vector whose kernel ends in V too
-        f.visititems(lambda n, o: vectors.append(n) if getattr(o, "shape", None) == (len(words),) else None)
-        (name,) = [n for n in vectors if f[n.replace("vars/1", "vars/0")].shape[-1] == len(words)]
-        bias = f[name][()]
-        bias[[words.index(w) for w in ("<pad>", "<start>", "<unk>")]] = -20.0
-        bias[words.index("<end>")] = -4.0
-        f[name][...] = bias
-    write_manifest(out)
-    return out
 
 
 # ---- inputs ------------------------------------------------------------------------------------------------------
@@ -185,7 +160,7 @@ def examples_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def talkative_model(tiny_model_dir, tmp_path_factory) -> Path:
-    return _talkative_copy(tiny_model_dir, tmp_path_factory.mktemp("talkative") / "model")
+    return talkative_copy(tiny_model_dir, tmp_path_factory.mktemp("talkative") / "model")
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ Playwright's own browser downloads are never used. Screenshots land in test-arti
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import socket
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PHOTOS, REPO
+from conftest import PHOTOS, REPO, talkative_copy
 from PIL import Image
 
 from captioner.evaluate import build_report, write_report
@@ -47,30 +46,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _talkative_copy(model_dir: Path, out: Path) -> Path:
-    """A copy of the tiny model whose logits rarely pick <end> and never <pad>/<start>/<unk>.
-
-    Random weights often end a caption at once; this copy always says a few real words, so attention has something
-    to show. Only the output bias changes, so it loads and runs exactly like the original.
-    """
-    import h5py
-
-    from captioner.hub import write_manifest
-
-    shutil.copytree(model_dir, out)
-    words = json.loads((out / "vocab.json").read_text())["words"]
-    with h5py.File(out / "model.weights.h5", "r+") as f:
-        vectors = []  # the logits bias is the only (V,) vector whose kernel ends in V too
-        f.visititems(lambda n, o: vectors.append(n) if getattr(o, "shape", None) == (len(words),) else None)
-        (name,) = [n for n in vectors if f[n.replace("vars/1", "vars/0")].shape[-1] == len(words)]
-        bias = f[name][()]
-        bias[[words.index(w) for w in ("<pad>", "<start>", "<unk>")]] = -20.0
-        bias[words.index("<end>")] = -4.0
-        f[name][...] = bias
-    write_manifest(out)
-    return out
 
 
 def _jpeg(w: int, h: int, seed: int = 0, orientation: int | None = None) -> bytes:
@@ -114,7 +89,7 @@ def server(tiny_model_dir, report_file, tmp_path_factory) -> Iterator[str]:
     port = _free_port()
     env = {
         **os.environ,
-        "CAPTIONER_MODEL": str(_talkative_copy(tiny_model_dir, tmp_path_factory.mktemp("talkative") / "model")),
+        "CAPTIONER_MODEL": str(talkative_copy(tiny_model_dir, tmp_path_factory.mktemp("talkative") / "model")),
         "CAPTIONER_REPORT": str(report_file),
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
