@@ -17,84 +17,52 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+sys.path.insert(0, str(REPO / "tests"))  # the Streamlit/Chromium harness the browser test uses too
+from streamlit_server import CHROMIUM, free_port, launch_browser, start_server, stop_server, wait_healthy  # noqa: E402
+
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
-def free_port() -> int:
-    """An unused TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def tree_rss(root: int) -> int:
-    """Resident bytes of a process and all its descendants, from /proc."""
+def _tree_sum(root: int, value) -> float:
+    """Sum `value(stat_fields, pid_dir)` over a process and all its living descendants, from /proc."""
     children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
+    values: dict[int, float] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             stat = Path(entry.path, "stat").read_text()
-            statm = Path(entry.path, "statm").read_text().split()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            pid = int(entry.name)
+            values[pid] = value(fields, entry.path)
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        pid = int(entry.name)
         children.setdefault(int(fields[1]), []).append(pid)
-        rss[pid] = int(statm[1]) * PAGE_SIZE
-    total, todo = 0, [root]
-    while todo:
-        pid = todo.pop()
-        total += rss.get(pid, 0)
-        todo.extend(children.get(pid, []))
-    return total
-
-
-def tree_cpu_seconds(root: int) -> float:
-    """User + system CPU time used so far by a process and its descendants (living ones), from /proc."""
-    children: dict[int, list[int]] = {}
-    cpu: dict[int, float] = {}
-    ticks = os.sysconf("SC_CLK_TCK")
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        pid = int(entry.name)
-        children.setdefault(int(fields[1]), []).append(pid)
-        cpu[pid] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
     total, todo = 0.0, [root]
     while todo:
         pid = todo.pop()
-        total += cpu.get(pid, 0.0)
+        total += values.get(pid, 0.0)
         todo.extend(children.get(pid, []))
     return total
+
+
+def tree_rss(root: int) -> int:
+    """Resident bytes of a process and all its descendants."""
+    return int(_tree_sum(root, lambda _, path: int(Path(path, "statm").read_text().split()[1]) * PAGE_SIZE))
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """User + system CPU time used so far by a process and its living descendants."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    return _tree_sum(root, lambda fields, _: (int(fields[11]) + int(fields[12])) / ticks)  # utime, stime
 
 
 class Sampler(threading.Thread):
@@ -116,55 +84,6 @@ class Sampler(threading.Thread):
         return self.samples
 
 
-def start_server(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
-    """`streamlit run app.py` on 127.0.0.1:port, headless, output to `log`."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        "app.py",
-        "--server.port",
-        str(port),
-        "--server.address",
-        "127.0.0.1",
-        "--server.headless",
-        "true",
-        "--browser.gatherUsageStats",
-        "false",
-        "--server.fileWatcherType",
-        "none",
-    ]
-    with open(log, "wb") as out:
-        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    """Block until the server answers its health check."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"streamlit exited with code {proc.returncode} before it was healthy")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"streamlit did not become healthy on port {port} within {timeout:.0f} s")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    """Terminate the server (its own process group) and wait for it."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, 15)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait()
-
-
 def generated_photos(folder: Path, count: int) -> list[Path]:
     """Photo-like JPEGs of several sizes (one 12 MP), so the bench needs no data folder."""
     import numpy as np
@@ -181,17 +100,6 @@ def generated_photos(folder: Path, count: int) -> list[Path]:
         Image.fromarray(np.clip(x, 0, 255).astype(np.uint8)).save(path, "JPEG", quality=90)
         paths.append(path)
     return paths
-
-
-def launch_browser(playwright, profile: Path):
-    """Headless Debian Chromium with a fresh profile (Playwright takes it as user_data_dir, not as a flag)."""
-    return playwright.chromium.launch_persistent_context(
-        str(profile),
-        executable_path=str(CHROMIUM),
-        headless=True,
-        args=CHROMIUM_ARGS,
-        viewport={"width": 1400, "height": 1000},
-    )
 
 
 def drive(page, port: int, photos: list[Path], beam_sizes: list[int], server_pid: int) -> dict[str, float]:

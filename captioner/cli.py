@@ -28,13 +28,12 @@ def _features(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from captioner import backbones
     from captioner.data import load_flickr8k
     from captioner.features import open_cache
     from captioner.train import TrainConfig, prepare_run
 
     data = load_flickr8k(args.data)
-    from captioner import backbones
-
     cache = open_cache(args.cache, args.backbone, backbones.get(args.backbone).input_size)
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)

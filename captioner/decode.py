@@ -8,6 +8,7 @@ Scores are length-normalised as log p / length**α for ranking finished hypothes
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -137,8 +138,7 @@ class BeamSearch:
 
     def _captions(self, pool: dict[str, np.ndarray], i: int) -> Caption:
         hyps = [self._caption(pool, i, j) for j in range(pool["score"].shape[1]) if np.isfinite(pool["score"][i, j])]
-        best = hyps[0]
-        return Caption(**{**best.__dict__, "n_best": hyps})
+        return dataclasses.replace(hyps[0], n_best=hyps)
 
     def _caption(self, pool: dict[str, np.ndarray], i: int, j: int) -> Caption:
         length = int(pool["len"][i, j])

@@ -9,12 +9,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,30 +17,14 @@ import numpy as np
 import pytest
 from conftest import PHOTOS, REPO, talkative_copy
 from PIL import Image
+from streamlit_server import CHROMIUM, free_port, launch_browser, start_server, stop_server, wait_healthy
 
 from captioner.evaluate import build_report, write_report
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 TIMEOUT_MS = 180_000  # the server's first session imports TensorFlow and loads the model
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _jpeg(w: int, h: int, seed: int = 0, orientation: int | None = None) -> bytes:
@@ -86,7 +65,7 @@ def server(tiny_model_dir, report_file, tmp_path_factory) -> Iterator[str]:
     if not CHROMIUM.exists():
         pytest.skip(f"needs Debian's Chromium at {CHROMIUM} (apt-get install -y chromium)")
     pytest.importorskip("playwright.sync_api", reason="needs the playwright Python package")
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "CAPTIONER_MODEL": str(talkative_copy(tiny_model_dir, tmp_path_factory.mktemp("talkative") / "model")),
@@ -94,45 +73,15 @@ def server(tiny_model_dir, report_file, tmp_path_factory) -> Iterator[str]:
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
     log_path = tmp_path_factory.mktemp("server") / "streamlit.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "streamlit",
-        "run",
-        "app.py",
-        "--server.port",
-        str(port),
-        "--server.address",
-        "127.0.0.1",
-        "--server.headless",
-        "true",
-        "--browser.gatherUsageStats",
-        "false",
-        "--server.fileWatcherType",
-        "none",
-    ]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = start_server(env, port, log_path)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not start:\n{log_path.read_text(errors='replace')[-3000:]}")
-            time.sleep(0.2)
+        try:
+            wait_healthy(port, proc)
+        except (RuntimeError, TimeoutError) as e:
+            pytest.fail(f"{e}:\n{log_path.read_text(errors='replace')[-3000:]}")
         yield f"http://127.0.0.1:{port}"
     finally:
-        os.killpg(proc.pid, 15)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait()
+        stop_server(proc)
         # Keep the server's log with the screenshots: it holds any traceback the app logged instead of showing.
         ARTIFACTS.mkdir(exist_ok=True)
         shutil.copyfile(log_path, ARTIFACTS / "browser_streamlit.log")
@@ -144,13 +93,7 @@ def page(server):
 
     with sync_playwright() as p, tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
         # A fresh profile each run; Playwright takes it as user_data_dir instead of a --user-data-dir flag.
-        context = p.chromium.launch_persistent_context(
-            profile,
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1400, "height": 2400},
-        )
+        context = launch_browser(p, profile, height=2400)
         try:
             tab = context.new_page()
             tab.set_default_timeout(TIMEOUT_MS)
