@@ -45,12 +45,14 @@ def _train(args: argparse.Namespace) -> int:
 
     config = TrainConfig(
         epochs=args.epochs, batch_images=args.batch, learning_rate=args.lr, label_smoothing=args.label_smoothing,
+        ema_decay=args.ema,
         attention_penalty=args.attention_penalty, patience=args.patience, min_count=args.min_count,
         seed=args.seed, glove=args.glove, time_budget_minutes=args.time_budget, scst_epochs=args.scst_epochs,
         scst_learning_rate=args.scst_lr,
     )  # fmt: skip
     overrides = {"units": args.units, "feature_dim": args.units, "attention_units": args.attention_units,
-                 "dropout": args.dropout, "attention_gate": not args.no_gate}  # fmt: skip
+                 "dropout": args.dropout, "attention_gate": not args.no_gate,
+                 "image_input": not args.no_image_input}  # fmt: skip
     log(f"$ captioner {' '.join(sys.argv[1:])}")
     trainer, arrays = prepare_run(data, cache, run, overrides, config, log)
     best = trainer.fit(*arrays)
@@ -139,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout", type=float, default=0.5)
     p.add_argument("--no-gate", action="store_true", help="drop the β gate on the attention context")
     p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--ema", type=float, default=0.998, help="weight moving-average decay per step (0 = off)")
+    p.add_argument("--no-image-input", action="store_true", help="attention LSTM reads words only, not the mean region")
     p.add_argument("--attention-penalty", type=float, default=1.0)
     p.add_argument("--patience", type=int, default=4)
     p.add_argument("--min-count", type=int, default=5)
@@ -146,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--time-budget", type=float, default=58.0, help="minutes for the whole run, across resumes")
     p.add_argument("--scst-epochs", type=int, default=0, help="self-critical (CIDEr-D) epochs after cross-entropy")
-    p.add_argument("--scst-lr", type=float, default=5e-5)
+    p.add_argument("--scst-lr", type=float, default=1e-5)
     p.set_defaults(handler=_train)
 
     p = sub.add_parser("export", help="bundle a run's best decoder with its backbone into a model directory")

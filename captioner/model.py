@@ -34,6 +34,7 @@ class ModelConfig:
     attention_units: int = 256
     dropout: float = 0.5
     attention_gate: bool = True
+    image_input: bool = False  # the attention LSTM also reads the mean region at every step (Up-Down)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -60,8 +61,9 @@ class ModelConfig:
 class CaptionDecoder(keras.Model):
     """Feature grid + caption prefix -> next-word logits, with one attention map per step.
 
-    Attention LSTM (words; state from the mean region) -> Bahdanau attention -> language LSTM -> words.
-    The attention LSTM does not see the context, so teacher-forced training runs all steps at once.
+    Attention LSTM (words, optionally + the mean region; state from the mean region) -> Bahdanau attention
+    -> language LSTM -> words. The attention LSTM does not see the attended context, so teacher-forced
+    training runs all steps at once.
     """
 
     def __init__(
@@ -73,12 +75,13 @@ class CaptionDecoder(keras.Model):
         attention_units: int = 256,
         dropout: float = 0.5,
         attention_gate: bool = True,
+        image_input: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.vocab_size, self.embed_dim, self.units = vocab_size, embed_dim, units
         self.feature_dim, self.attention_units = feature_dim, attention_units
-        self.dropout_rate, self.attention_gate = dropout, attention_gate
+        self.dropout_rate, self.attention_gate, self.image_input = dropout, attention_gate, image_input
         self.project = keras.layers.Dense(feature_dim, activation="relu", name="project")
         self.feature_dropout = keras.layers.Dropout(dropout, name="feature_dropout")
         self.init_state = keras.layers.Dense(4 * units, activation="tanh", name="init_state")
@@ -95,7 +98,7 @@ class CaptionDecoder(keras.Model):
         self.project.build((None, regions, channels))
         self.init_state.build((None, self.feature_dim))
         self.embedding.build((None, None))
-        self.attention_lstm.build((None, None, self.embed_dim))
+        self.attention_lstm.build((None, None, self.embed_dim + (self.feature_dim if self.image_input else 0)))
         self.attention.build((None, None, self.units), (None, regions, self.feature_dim))
         self.language_lstm.build((None, None, self.feature_dim + self.units))
         self.logits.build((None, self.units))
@@ -115,6 +118,9 @@ class CaptionDecoder(keras.Model):
         b, n, t = ops.shape(tokens)
         repeat = lambda x: ops.repeat(x, n, axis=0)  # noqa: E731 — (B, ...) -> (B·N, ...) for the N captions
         words = self.embed_dropout(self.embedding(ops.reshape(tokens, (b * n, t))), training=training)
+        if self.image_input:
+            mean = ops.repeat(ops.mean(regions, axis=1, keepdims=True), t, axis=1)  # (B, T, D)
+            words = ops.concatenate([words, repeat(mean)], -1)
         q, _, _ = self.attention_lstm(words, initial_state=[repeat(h1), repeat(c1)])
         # All N·T queries of an image share its keys: attend per image instead of repeating regions N times.
         context, alpha = self.attention(ops.reshape(q, (b, n * t, self.units)), regions, keys)
@@ -126,7 +132,10 @@ class CaptionDecoder(keras.Model):
     def step(self, token, states, regions, keys):
         """One decoding step for B' sequences: token (B',) -> log-probs (B', V), attention (B', R), new states."""
         h1, c1, h2, c2 = states
-        q, (h1, c1) = self.attention_lstm.cell(self.embedding(token), [h1, c1])
+        words = self.embedding(token)
+        if self.image_input:
+            words = ops.concatenate([words, ops.mean(regions, axis=1)], -1)
+        q, (h1, c1) = self.attention_lstm.cell(words, [h1, c1])
         context, alpha = self.attention(q, regions, keys)
         out, (h2, c2) = self.language_lstm.cell(ops.concatenate([context, q], -1), [h2, c2])
         return ops.log_softmax(self.logits(out), axis=-1), alpha, (h1, c1, h2, c2)
@@ -141,6 +150,7 @@ class CaptionDecoder(keras.Model):
             "attention_units": self.attention_units,
             "dropout": self.dropout_rate,
             "attention_gate": self.attention_gate,
+            "image_input": self.image_input,
         }
 
 
@@ -154,6 +164,7 @@ def build_decoder(config: ModelConfig) -> CaptionDecoder:
         attention_units=config.attention_units,
         dropout=config.dropout,
         attention_gate=config.attention_gate,
+        image_input=config.image_input,
         name="decoder",
     )
     decoder.build((None, *config.grid, config.feature_channels))

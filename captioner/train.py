@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -33,6 +34,7 @@ class TrainConfig:
     warmup_steps: int = 300
     clip_norm: float = 5.0
     label_smoothing: float = 0.1
+    ema_decay: float = 0.0  # cross-entropy phase: evaluate and keep an exponential moving average of the weights
     attention_penalty: float = 1.0  # doubly stochastic regularisation (Show, Attend and Tell)
     patience: int = 4
     min_count: int = 5
@@ -92,9 +94,10 @@ class Trainer:
         self.bad_epochs = tf.Variable(0, dtype=tf.int64)
         self.scst_start = tf.Variable(-1, dtype=tf.int64)  # epoch the self-critical phase began, -1 before
         self.elapsed = tf.Variable(0.0, dtype=tf.float64)  # seconds of training so far, across resumes
+        self.ema = [tf.Variable(v, trainable=False) for v in self.decoder.trainable_variables]
         self.checkpoint = tf.train.Checkpoint(
             decoder=self.decoder, optimizer=self.optimizer, scst_optimizer=self.scst_optimizer, epoch=self.epoch,
-            best=self.best, bad=self.bad_epochs, scst_start=self.scst_start, elapsed=self.elapsed,
+            best=self.best, bad=self.bad_epochs, scst_start=self.scst_start, elapsed=self.elapsed, ema=self.ema,
         )  # fmt: skip
         self.manager = tf.train.CheckpointManager(self.checkpoint, run_dir / "checkpoints", max_to_keep=1)
         feats = tf.TensorSpec([None, *model_config.grid, model_config.feature_channels], tf.float16)
@@ -122,7 +125,28 @@ class Trainer:
             loss, ce = self.loss(features, tokens, training=True)
         grads = tape.gradient(loss, self.decoder.trainable_variables)
         self.optimizer.apply(grads, self.decoder.trainable_variables)
+        if self.config.ema_decay:
+            # The usual warm-up (1 + n) / (10 + n) keeps the average from clinging to the random init.
+            n = tf.cast(self.optimizer.iterations, tf.float32)
+            decay = tf.minimum(self.config.ema_decay, (1.0 + n) / (10.0 + n))
+            for avg, var in zip(self.ema, self.decoder.trainable_variables, strict=True):
+                avg.assign(decay * avg + (1.0 - decay) * var)
         return ce
+
+    @contextlib.contextmanager
+    def averaged_weights(self):
+        """Inside the block the decoder holds the moving-average weights (cross-entropy phase with EMA on)."""
+        if not self.config.ema_decay or int(self.scst_start) >= 0:
+            yield
+            return
+        current = [v.numpy() for v in self.decoder.trainable_variables]
+        for var, avg in zip(self.decoder.trainable_variables, self.ema, strict=True):
+            var.assign(avg)
+        try:
+            yield
+        finally:
+            for var, value in zip(self.decoder.trainable_variables, current, strict=True):
+                var.assign(value)
 
     def _sample(self, features):
         """Ancestral sampling of `scst_samples` captions per image: (B, n, L) ids, <end> then <pad>."""
@@ -217,13 +241,15 @@ class Trainer:
                     tok = tok[:, :, : int((tok > 0).sum(-1).max())]  # pad only to this batch's longest caption
                     losses.append(float(self.train_step(train_feats[idx], tok)))
                 summary = f"loss {np.mean(losses):.4f}"
-            bleu4 = self.dev_bleu4(dev_feats, dev_refs)
+            with self.averaged_weights():
+                bleu4 = self.dev_bleu4(dev_feats, dev_refs)
+                improved = bleu4 > float(self.best)
+                if improved:
+                    self.decoder.save_weights(best_file)
             self.epoch.assign_add(1)
-            improved = bleu4 > float(self.best)
             if improved:
                 self.best.assign(bleu4)
                 self.bad_epochs.assign(0)
-                self.decoder.save_weights(best_file)
             else:
                 self.bad_epochs.assign_add(1)
             self.elapsed.assign_add(time.time() - t0)

@@ -44,8 +44,9 @@ def test_decoder_serialization_round_trip():
     assert isinstance(clone, CaptionDecoder) and clone.get_config() == decoder.get_config()
 
 
-def test_teacher_forcing_equals_step_by_step_decoding():
-    decoder = build_decoder(_config())
+@pytest.mark.parametrize("image_input", [False, True])
+def test_teacher_forcing_equals_step_by_step_decoding(image_input):
+    decoder = build_decoder(_config(image_input=image_input))
     feats = np.random.rand(2, 3, 3, 8).astype("float32")
     tokens = np.random.randint(1, 20, (2, 1, 4)).astype("int32")
     logits, alpha = decoder(feats, tokens)

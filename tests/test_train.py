@@ -18,13 +18,14 @@ CAPTIONS = {
 }
 
 
-def _tiny(tmp_path, epochs: int):
+def _tiny(tmp_path, epochs: int, ema_decay: float = 0.0):
     names = list(CAPTIONS)
     data = Flickr8k(tmp_path, tmp_path, {n: [c] * 5 for n, c in CAPTIONS.items()}, {"train": names})
     vocab = Vocabulary.build(CAPTIONS.values(), min_count=1)
     config = ModelConfig(grid=(2, 2), feature_channels=8, vocab_size=len(vocab), max_length=8, embed_dim=16,
                          units=48, feature_dim=32, attention_units=16, dropout=0.0)  # fmt: skip
-    train = TrainConfig(epochs=epochs, batch_images=2, learning_rate=1e-2, warmup_steps=0, label_smoothing=0.0)
+    train = TrainConfig(epochs=epochs, batch_images=2, learning_rate=1e-2, warmup_steps=0, label_smoothing=0.0,
+                        ema_decay=ema_decay)  # fmt: skip
     trainer = Trainer(tmp_path / "run", config, train, vocab, n_train=len(names))
     features = np.random.default_rng(0).normal(0, 1, (len(names), 2, 2, 8)).astype(np.float16)
     tokens = caption_tokens(data, names, vocab, config.max_length, seed=0)
@@ -50,3 +51,21 @@ def test_length_batches_cover_every_image_once():
     batches = length_batches(tokens, 4, np.random.default_rng(1))
     assert sorted(np.concatenate(batches).tolist()) == list(range(10))
     assert [len(b) for b in sorted(batches, key=len)] == [2, 4, 4]
+
+
+def test_moving_average_weights_are_swapped_in_for_evaluation_and_back_out(tmp_path):
+    trainer, features, tokens, _, _ = _tiny(tmp_path, epochs=3, ema_decay=0.9)
+    start = [v.numpy() for v in trainer.decoder.trainable_variables]
+    for _ in range(30):
+        trainer.train_step(features, tokens)
+    trained = [v.numpy() for v in trainer.decoder.trainable_variables]
+    # The average trails the weights: it lies between the start and the latest step, and differs from both.
+    with trainer.averaged_weights():
+        averaged = [v.numpy() for v in trainer.decoder.trainable_variables]
+    changed = [i for i, (s, t) in enumerate(zip(start, trained, strict=True)) if not np.allclose(s, t)]
+    assert changed
+    for i in changed:
+        assert not np.allclose(averaged[i], trained[i])
+        assert np.abs(averaged[i] - trained[i]).max() < np.abs(start[i] - trained[i]).max()
+    for v, t in zip(trainer.decoder.trainable_variables, trained, strict=True):
+        np.testing.assert_array_equal(v.numpy(), t)
