@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--time-budget", type=float, default=58.0, help="minutes for the whole run, across resumes")
     p.add_argument("--scst-epochs", type=int, default=0, help="self-critical (CIDEr-D) epochs after cross-entropy")
-    p.add_argument("--scst-lr", type=float, default=1e-5)
+    p.add_argument("--scst-lr", type=float, default=2e-5)
     p.set_defaults(handler=_train)
 
     p = sub.add_parser("export", help="bundle a run's best decoder with its backbone into a model directory")

