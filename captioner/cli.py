@@ -17,8 +17,9 @@ DEFAULT_BACKBONE = "efficientnet_lite0"
 
 def _features(args: argparse.Namespace) -> int:
     from captioner.data import load_flickr8k
-    from captioner.features import extract_features
+    from captioner.features import extract_features, use_onednn
 
+    use_onednn()  # before TensorFlow is imported: ~2x faster batched backbone on AVX2-only CPUs
     data = load_flickr8k(args.data)
     print(data.summary(), file=sys.stderr)
     names = data.images()

@@ -15,6 +15,8 @@ import pytest
 
 from captioner import backbones
 from captioner.errors import BackboneError
+from captioner.features import prepare_image
+from captioner.paths import ASSETS_DIR
 
 SHARED_BACKBONES = Path(__file__).resolve().parents[1].parent / "shared" / "backbones"
 LITE_NAMES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
@@ -192,6 +194,25 @@ def test_lite_model_save_load_round_trip(tmp_path: Path) -> None:
     )
 
 
+def test_inference_model_folds_only_batch_norms_that_alone_consume_a_conv() -> None:
+    inputs = keras.Input((8, 8, 3), name="image")
+    x = keras.layers.Conv2D(4, 3, padding="same", name="biased")(inputs)  # a conv bias folds too
+    x = keras.layers.BatchNormalization(name="biased_bn")(x)
+    x = keras.layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same", use_bias=False, name="dw")(x)
+    x = keras.layers.BatchNormalization(name="dw_bn")(x)
+    shared = keras.layers.Conv2D(8, 1, use_bias=False, name="shared")(x)  # also feeds the Add: must stay
+    y = keras.layers.BatchNormalization(name="shared_bn")(shared)
+    y = keras.layers.Dropout(0.5, name="dropout")(y)
+    model = keras.Model(inputs, keras.layers.Add(name="add")([shared, y]))
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        layer.set_weights([rng.uniform(0.5, 1.5, w.shape).astype("float32") for w in layer.get_weights()])
+    fast = backbones.inference_model(model)
+    assert {layer.name for layer in fast.layers} == {"image", "biased", "dw", "shared", "shared_bn", "add"}
+    images = rng.normal(size=(2, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(fast.predict_on_batch(images), model.predict_on_batch(images), rtol=1e-5, atol=1e-5)
+
+
 def test_lite_parameter_counts_match_the_spec() -> None:
     counts = {name: backbones.build(name, include_top=True, weights=None).count_params() for name in LITE_NAMES}
     assert counts == {"efficientnet_lite0": 4_694_024, "efficientnet_lite1": 5_470_344, "efficientnet_lite2": 6_150_168}
@@ -221,6 +242,23 @@ def test_lite_pooled_features_match_the_reference(
     assert grid.shape[1:] == backbones.get(LITE_NAMES[index]).feature_shape
     assert grid.min() >= 0.0 and grid.max() <= 6.0  # ReLU6 head
     assert np.max(np.abs(grid.mean(axis=(1, 2)) - expected)) <= 1e-3
+
+
+def test_inference_model_matches_the_backbone_on_a_real_photo(
+    lite: tuple[int, keras.Model], lite_features: tuple[keras.Model, list[str]]
+) -> None:
+    index, _ = lite
+    model, _ = lite_features
+    photo = ASSETS_DIR / "examples" / "1056338697_4f7d7ce270.jpg"
+    pixels = prepare_image(photo, backbones.get(LITE_NAMES[index]).input_size)[None]  # (1, S, S, 3)
+    expected = model.predict_on_batch(pixels)
+    fast = backbones.inference_model(model)
+    kinds = {type(layer) for layer in fast.layers}
+    assert not kinds & {keras.layers.BatchNormalization, backbones.StochasticDepth}
+    assert all(layer.use_bias for layer in fast.layers if isinstance(layer, keras.layers.Conv2D))
+    got = fast.predict_on_batch(pixels)
+    assert np.max(np.abs(got - expected)) <= 1e-4 * np.max(np.abs(expected))
+    np.testing.assert_array_equal(model.predict_on_batch(pixels), expected)  # the original model is untouched
 
 
 def test_second_build_reuses_the_cached_weights(

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
+import subprocess
+import sys
 import zlib
 
 import keras
@@ -13,7 +16,7 @@ from PIL import Image
 
 from captioner import backbones
 from captioner.errors import DataError, ImageError
-from captioner.features import extract_features, load_image, open_cache, prepare_image
+from captioner.features import extract_features, load_image, open_cache, prepare_image, use_onednn
 
 
 def _encode(image: Image.Image, fmt: str, **kw) -> bytes:
@@ -176,6 +179,7 @@ def test_interrupted_run_is_not_complete_and_resumes(tmp_path, tiny_backbone, mo
             return real.predict_on_batch(x)
 
     monkeypatch.setattr(backbones, "build", lambda *a, **k: Crashing())
+    monkeypatch.setattr(backbones, "inference_model", lambda model: model)
     with pytest.raises(KeyboardInterrupt):
         extract_features(paths, tmp_path / "c", "tiny_test", batch_size=2, progress=False)
     with pytest.raises(DataError, match="No complete feature cache"):
@@ -191,3 +195,23 @@ def test_unreadable_image_in_dataset_names_the_file(tmp_path, tiny_backbone):
     paths[1].write_bytes(b"garbage")
     with pytest.raises(ImageError, match=r"1\.jpg"):
         extract_features(paths, tmp_path / "c", "tiny_test", progress=False)
+
+
+def test_use_onednn_before_tensorflow_is_imported_turns_its_onednn_kernels_on() -> None:
+    code = (
+        "from captioner.features import use_onednn; requested = use_onednn(); "
+        "from tensorflow.python.util import _pywrap_util_port; print(requested, _pywrap_util_port.IsMklEnabled())"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["True", "True"]
+
+
+def test_use_onednn_after_tensorflow_is_imported_warns_and_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    assert "tensorflow" in sys.modules  # keras, imported above, has imported it
+    with pytest.warns(UserWarning, match="already imported"):
+        assert use_onednn() is False
+    assert "TF_ENABLE_ONEDNN_OPTS" not in os.environ
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    assert use_onednn() is False  # the user's choice stands
