@@ -1,12 +1,16 @@
 """Captioner web app: `streamlit run app.py`.
 
 Pages live in pages/ (Caption, Test-set BLEU, About the model); this entrypoint loads the model once per process
-and draws the shared sidebar. Settings it reads: CAPTIONER_MODEL (env or secret; a model directory or
-hf://OWNER/REPO@COMMIT), HF_TOKEN (secret, for private Hub repos), CAPTIONER_REPORT (the BLEU page's report),
-CAPTIONER_EXAMPLES (example photos folder).
+and draws the shared sidebar. `streamlit run` finds the `st.App` below and starts loading the model with the server,
+so TensorFlow is on its way before the first browser connects; each session then runs this file as its script.
+Settings it reads: CAPTIONER_MODEL (env or secret; a model directory or hf://OWNER/REPO@COMMIT), HF_TOKEN (secret,
+for private Hub repos), CAPTIONER_REPORT (the BLEU page's report), CAPTIONER_EXAMPLES (example photos folder).
 """
 
 from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import streamlit as st
 
@@ -32,7 +36,7 @@ def main() -> None:
     """Start the model loading, draw the shared sidebar, and run the selected page."""
     st.set_page_config(page_title="Captioner", page_icon="🖼️", layout="wide")
     page = st.navigation(pages())
-    common.model_loader()  # starts loading in the background on the first visit; pages wait only if they need it
+    common.model_loader()  # started with the server; this starts it again after "Try again" or under AppTest
     model_slot = st.sidebar.container()
     common.settings_ui()
     page.run()
@@ -40,4 +44,14 @@ def main() -> None:
         common.model_info_ui()
 
 
-main()
+@asynccontextmanager
+async def load_model_at_startup(_app: st.App) -> AsyncIterator[None]:
+    """Server lifespan: start loading the model (in the background) as the server starts."""
+    common.model_loader()
+    yield
+
+
+if __name__ == "__main__":  # a session runs this file as its script
+    main()
+else:  # `streamlit run app.py` imports it to find the server app
+    app = st.App(__file__, lifespan=load_model_at_startup)

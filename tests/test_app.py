@@ -6,8 +6,11 @@ The app runs against the tiny random-weight model (CAPTIONER_MODEL), a small rep
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import io
 import json
+import runpy
 import struct
 import sys
 import zlib
@@ -15,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import streamlit as st
 from conftest import PHOTOS, REPO, talkative_copy
 from PIL import Image
 from streamlit import config as st_config
@@ -210,6 +214,51 @@ def test_navigation_reaches_every_page_with_the_shared_sidebar(app_env):
 
     at.switch_page("pages/caption_page.py").run()
     assert _texts(at.title) == ["Caption photos"]
+
+
+def test_streamlit_run_starts_loading_the_model_with_the_server_and_sessions_reuse_it(app_env, monkeypatch):
+    made = []
+
+    def recording_loader(secrets):
+        made.append(real_loader(secrets))
+        return made[-1]
+
+    real_loader = common.ModelLoader
+    monkeypatch.setattr(common, "ModelLoader", recording_loader)
+    monkeypatch.setattr(st_config, "_main_script_path", st_config._main_script_path)  # st.App pins it
+    common._model_loader.clear()
+    server = runpy.run_path(str(APP), run_name="app")  # what `streamlit run app.py` imports to find the server app
+    assert isinstance(server["app"], st.App)
+
+    async def start_server() -> None:
+        async with server["load_model_at_startup"](server["app"]):
+            pass
+
+    asyncio.run(start_server())
+    assert len(made) == 1  # loading began with the server, before any session
+    made[0].result()
+    assert gc.isenabled()
+    at = _app()
+    at.switch_page("pages/about_page.py").run()
+    _no_exceptions(at)
+    assert "talkative" in " ".join(_texts(at.sidebar.markdown))
+    assert len(made) == 1  # the session got the model the server had loaded
+
+
+def test_garbage_collection_is_paused_while_the_model_loads_and_resumes_after(monkeypatch):
+    from captioner.errors import ModelError
+    from captioner.pipeline import Captioner
+
+    collecting = []
+
+    def failing_load(*args, **kwargs):
+        collecting.append(gc.isenabled())
+        raise ModelError("no model in this test")
+
+    monkeypatch.setattr(Captioner, "load", failing_load)
+    with pytest.raises(ModelError):
+        common.ModelLoader({}).result()
+    assert collecting == [False] and gc.isenabled()
 
 
 def test_a_model_that_cannot_load_is_explained_without_a_traceback(monkeypatch, tmp_path, report_file):

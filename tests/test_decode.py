@@ -80,6 +80,12 @@ def test_batching_does_not_change_results(search, feats):
     assert [c.text for c in whole] == [c.text for c in pieces]
 
 
+def test_one_compiled_graph_serves_every_beam_size_length_and_batch(search, feats):
+    for beam_size, max_length, batch_size in [(1, 7, 100), (2, 3, 4), (5, 7, 1), (10, 5, 3), (3, 1, 6)]:
+        search(feats, beam_size=beam_size, max_length=max_length, batch_size=batch_size)
+    assert search._fn.experimental_get_tracing_count() == 1
+
+
 @pytest.mark.parametrize("kw", [{"beam_size": 0}, {"max_length": 0}])
 def test_bad_decoding_settings_are_rejected(search, feats, kw):
     with pytest.raises(ValueError, match="Expected"):
