@@ -94,7 +94,8 @@ class Trainer:
         self.bad_epochs = tf.Variable(0, dtype=tf.int64)
         self.scst_start = tf.Variable(-1, dtype=tf.int64)  # epoch the self-critical phase began, -1 before
         self.elapsed = tf.Variable(0.0, dtype=tf.float64)  # seconds of training so far, across resumes
-        self.ema = [tf.Variable(v, trainable=False) for v in self.decoder.trainable_variables]
+        weights = self.decoder.trainable_variables if train_config.ema_decay else []
+        self.ema = [tf.Variable(v, trainable=False) for v in weights]  # the moving average, when it is on
         self.checkpoint = tf.train.Checkpoint(
             decoder=self.decoder, optimizer=self.optimizer, scst_optimizer=self.scst_optimizer, epoch=self.epoch,
             best=self.best, bad=self.bad_epochs, scst_start=self.scst_start, elapsed=self.elapsed, ema=self.ema,
