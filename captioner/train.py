@@ -45,6 +45,7 @@ class TrainConfig:
     scst_epochs: int = 0  # self-critical fine-tuning on CIDEr-D after cross-entropy (0 = off)
     scst_learning_rate: float = 2e-5
     scst_samples: int = 5  # sampled captions per image; each one's baseline is the mean reward of the others
+    scst_ema_decay: float = 0.0  # self-critical phase: evaluate and keep a moving average of its weights (0 = off)
 
 
 def caption_tokens(data: Flickr8k, names: list[str], vocab: Vocabulary, max_length: int, seed: int) -> np.ndarray:
@@ -94,7 +95,8 @@ class Trainer:
         self.bad_epochs = tf.Variable(0, dtype=tf.int64)
         self.scst_start = tf.Variable(-1, dtype=tf.int64)  # epoch the self-critical phase began, -1 before
         self.elapsed = tf.Variable(0.0, dtype=tf.float64)  # seconds of training so far, across resumes
-        weights = self.decoder.trainable_variables if train_config.ema_decay else []
+        averaging = train_config.ema_decay or train_config.scst_ema_decay
+        weights = self.decoder.trainable_variables if averaging else []
         self.ema = [tf.Variable(v, trainable=False) for v in weights]  # the moving average, when it is on
         self.checkpoint = tf.train.Checkpoint(
             decoder=self.decoder, optimizer=self.optimizer, scst_optimizer=self.scst_optimizer, epoch=self.epoch,
@@ -129,15 +131,17 @@ class Trainer:
         if self.config.ema_decay:
             # The usual warm-up (1 + n) / (10 + n) keeps the average from clinging to the random init.
             n = tf.cast(self.optimizer.iterations, tf.float32)
-            decay = tf.minimum(self.config.ema_decay, (1.0 + n) / (10.0 + n))
-            for avg, var in zip(self.ema, self.decoder.trainable_variables, strict=True):
-                avg.assign(decay * avg + (1.0 - decay) * var)
+            self._update_average(tf.minimum(self.config.ema_decay, (1.0 + n) / (10.0 + n)))
         return ce
+
+    def _update_average(self, decay) -> None:
+        for avg, var in zip(self.ema, self.decoder.trainable_variables, strict=True):
+            avg.assign(decay * avg + (1.0 - decay) * var)
 
     @contextlib.contextmanager
     def averaged_weights(self):
-        """Inside the block the decoder holds the moving-average weights (cross-entropy phase with EMA on)."""
-        if not self.config.ema_decay or int(self.scst_start) >= 0:
+        """Inside the block the decoder holds the moving-average weights (when the current phase keeps one)."""
+        if not (self.config.scst_ema_decay if int(self.scst_start) >= 0 else self.config.ema_decay):
             yield
             return
         current = [v.numpy() for v in self.decoder.trainable_variables]
@@ -178,6 +182,8 @@ class Trainer:
             loss = -tf.reduce_mean(advantage * tf.reduce_sum(logp, -1))
         grads = tape.gradient(loss, self.decoder.trainable_variables)
         self.scst_optimizer.apply(grads, self.decoder.trainable_variables)
+        if self.config.scst_ema_decay:
+            self._update_average(self.config.scst_ema_decay)
         return loss
 
     def scst_epoch(self, train_feats, cider, rng, bar) -> list[float]:
@@ -220,6 +226,8 @@ class Trainer:
                 if self.config.scst_epochs == 0 or cider is None:
                     break
                 self.decoder.load_weights(best_file)  # fine-tune the best cross-entropy model
+                for avg, var in zip(self.ema, self.decoder.trainable_variables, strict=True):
+                    avg.assign(var)  # the self-critical average (if any) starts from there
                 self.scst_start.assign(self.epoch)
                 self.bad_epochs.assign(0)
                 log(f"self-critical training (CIDEr-D reward) from the best epoch, dev BLEU-4 {float(self.best):.2f}")

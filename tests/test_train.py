@@ -18,14 +18,14 @@ CAPTIONS = {
 }
 
 
-def _tiny(tmp_path, epochs: int, ema_decay: float = 0.0):
+def _tiny(tmp_path, epochs: int, ema_decay: float = 0.0, scst_ema_decay: float = 0.0):
     names = list(CAPTIONS)
     data = Flickr8k(tmp_path, tmp_path, {n: [c] * 5 for n, c in CAPTIONS.items()}, {"train": names})
     vocab = Vocabulary.build(CAPTIONS.values(), min_count=1)
     config = ModelConfig(grid=(2, 2), feature_channels=8, vocab_size=len(vocab), max_length=8, embed_dim=16,
                          units=48, feature_dim=32, attention_units=16, dropout=0.0)  # fmt: skip
     train = TrainConfig(epochs=epochs, batch_images=2, learning_rate=1e-2, warmup_steps=0, label_smoothing=0.0,
-                        ema_decay=ema_decay)  # fmt: skip
+                        ema_decay=ema_decay, scst_ema_decay=scst_ema_decay)  # fmt: skip
     trainer = Trainer(tmp_path / "run", config, train, vocab, n_train=len(names))
     features = np.random.default_rng(0).normal(0, 1, (len(names), 2, 2, 8)).astype(np.float16)
     tokens = caption_tokens(data, names, vocab, config.max_length, seed=0)
@@ -69,3 +69,23 @@ def test_moving_average_weights_are_swapped_in_for_evaluation_and_back_out(tmp_p
         assert np.abs(averaged[i] - trained[i]).max() < np.abs(start[i] - trained[i]).max()
     for v, t in zip(trainer.decoder.trainable_variables, trained, strict=True):
         np.testing.assert_array_equal(v.numpy(), t)
+
+
+def test_self_critical_average_follows_only_the_self_critical_steps(tmp_path):
+    trainer, features, tokens, _, _ = _tiny(tmp_path, epochs=3, scst_ema_decay=0.5)
+    start = [a.numpy() for a in trainer.ema]
+    trainer.train_step(features, tokens)  # a cross-entropy step leaves this average alone
+    assert all(np.array_equal(s, a.numpy()) for s, a in zip(start, trainer.ema, strict=True))
+    trainer.scst_start.assign(1)
+    for avg, var in zip(trainer.ema, trainer.decoder.trainable_variables, strict=True):
+        avg.assign(var)  # as `fit` does when the self-critical phase begins
+    before = [v.numpy() for v in trainer.decoder.trainable_variables]
+    samples = tokens[:, :, :6]
+    trainer.scst_step(features, samples, np.ones(samples.shape[:2], np.float32))
+    after = [v.numpy() for v in trainer.decoder.trainable_variables]
+    with trainer.averaged_weights():
+        averaged = [v.numpy() for v in trainer.decoder.trainable_variables]
+    changed = [i for i, (b, a) in enumerate(zip(before, after, strict=True)) if not np.allclose(b, a)]
+    assert changed
+    for i in changed:  # decay 0.5 after one step: halfway between the start and the new weights
+        np.testing.assert_allclose(averaged[i], (before[i] + after[i]) / 2, rtol=1e-5, atol=1e-6)
