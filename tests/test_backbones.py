@@ -210,7 +210,10 @@ def test_inference_model_folds_only_batch_norms_that_alone_consume_a_conv() -> N
     fast = backbones.inference_model(model)
     assert {layer.name for layer in fast.layers} == {"image", "biased", "dw", "shared", "shared_bn", "add"}
     images = rng.normal(size=(2, 8, 8, 3)).astype("float32")
-    np.testing.assert_allclose(fast.predict_on_batch(images), model.predict_on_batch(images), rtol=1e-5, atol=1e-5)
+    expected = model.predict_on_batch(images)
+    # Outputs reach ~1,500 and a few cancel to ~1, so float32 rounding is judged against the largest (a fixed 1e-5
+    # failed on an AVX-512 CPU, whose kernels sum in another order).
+    assert np.max(np.abs(fast.predict_on_batch(images) - expected)) <= 1e-5 * np.max(np.abs(expected))
 
 
 def test_lite_parameter_counts_match_the_spec() -> None:
