@@ -216,6 +216,40 @@ def test_inference_model_folds_only_batch_norms_that_alone_consume_a_conv() -> N
     assert np.max(np.abs(fast.predict_on_batch(images) - expected)) <= 1e-5 * np.max(np.abs(expected))
 
 
+def _layer_weights(model: keras.Model) -> dict[str, list[np.ndarray]]:
+    return {layer.name: layer.get_weights() for layer in model.layers if layer.weights}
+
+
+def test_build_inference_folds_a_backbone_without_its_own_inference_builder(monkeypatch: pytest.MonkeyPatch) -> None:
+    def builder(include_top: bool = False, weights: str | None = None) -> keras.Model:
+        inputs = keras.Input((8, 8, 3), dtype="uint8", name="image")
+        x = backbones.BackbonePreprocess("tf", name="preprocess")(inputs)
+        x = keras.layers.Conv2D(4, 3, padding="same", use_bias=False, name="conv")(x)
+        x = keras.layers.BatchNormalization(name="bn")(x)
+        return keras.Model(inputs, keras.layers.ReLU(6.0, name="relu")(x), name="tiny_bn")
+
+    monkeypatch.setattr(backbones, "_REGISTRY", dict(backbones._REGISTRY))
+    backbones.register(backbones.BackboneSpec("tiny_bn", 8, 8, 4, builder, "x / 127.5 - 1", "random"))
+    model = builder()
+    rng = np.random.default_rng(0)
+    model.set_weights([rng.uniform(0.5, 1.5, w.shape).astype("float32") for w in model.get_weights()])
+    fast = backbones.build_inference("tiny_bn", _layer_weights(model))
+    assert "bn" not in {layer.name for layer in fast.layers}
+    images = rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    np.testing.assert_allclose(fast.predict_on_batch(images), model.predict_on_batch(images), rtol=1e-5, atol=1e-5)
+
+
+def test_build_inference_names_missing_and_misshapen_layers() -> None:
+    weights = _layer_weights(backbones.build("efficientnet_lite0", weights=None))
+    del weights["block3_dw_bn"]
+    with pytest.raises(BackboneError, match=r"missing \['block3_dw_bn'\], unexpected \[\]"):
+        backbones.build_inference("efficientnet_lite0", weights)
+    weights = _layer_weights(backbones.build("efficientnet_lite0", weights=None))
+    weights["head_conv"] = [np.ones((1, 1, 320, 8), np.float32)]
+    with pytest.raises(BackboneError, match="efficientnet_lite0 layer head_conv do not fit"):
+        backbones.build_inference("efficientnet_lite0", weights)
+
+
 def test_lite_parameter_counts_match_the_spec() -> None:
     counts = {name: backbones.build(name, include_top=True, weights=None).count_params() for name in LITE_NAMES}
     assert counts == {"efficientnet_lite0": 4_694_024, "efficientnet_lite1": 5_470_344, "efficientnet_lite2": 6_150_168}
@@ -247,7 +281,7 @@ def test_lite_pooled_features_match_the_reference(
     assert np.max(np.abs(grid.mean(axis=(1, 2)) - expected)) <= 1e-3
 
 
-def test_inference_model_matches_the_backbone_on_a_real_photo(
+def test_inference_backbones_match_the_backbone_on_a_real_photo(
     lite: tuple[int, keras.Model], lite_features: tuple[keras.Model, list[str]]
 ) -> None:
     index, _ = lite
@@ -262,6 +296,14 @@ def test_inference_model_matches_the_backbone_on_a_real_photo(
     got = fast.predict_on_batch(pixels)
     assert np.max(np.abs(got - expected)) <= 1e-4 * np.max(np.abs(expected))
     np.testing.assert_array_equal(model.predict_on_batch(pixels), expected)  # the original model is untouched
+    # Built folded from the start (the app's path): conv layers only, and the copy's numbers exactly.
+    direct = backbones.build_inference(LITE_NAMES[index], _layer_weights(model))
+    assert {type(layer) for layer in direct.layers if layer.weights} == {
+        keras.layers.Conv2D,
+        keras.layers.DepthwiseConv2D,
+    }
+    assert not {type(layer) for layer in direct.layers} & {keras.layers.ReLU, backbones.StochasticDepth}
+    np.testing.assert_array_equal(direct.predict_on_batch(pixels), got)
 
 
 def test_second_build_reuses_the_cached_weights(
