@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import keras
+import numpy as np
 from keras import ops
 
 from captioner.errors import ModelError
@@ -206,14 +208,61 @@ def save_weights(model: keras.Model, path: str | Path, dtype: str = "float16") -
     full.unlink()
 
 
-def load_weights(model: keras.Model, path: str | Path) -> None:
-    """Load a weights file written by `save_weights`."""
+def read_weights(path: str | Path) -> dict[str, dict[str, list[np.ndarray]]]:
+    """The arrays of a `save_weights` file: {part: {layer path: arrays}}, e.g. ["decoder"]["attn_lstm/lstm_cell"].
+
+    The parts are the saved model's layer attributes (an ImageCaptioner's "backbone" and "decoder"). Keras writes the
+    variables each layer owns, in `layer.weights` order, to a `vars` group tagged with the layer's name; a layer path
+    joins those names below the part. Arrays keep the file's dtype.
+    Raises:
+        ModelError: the file cannot be read, or a layer's group is not tagged with its name.
+    """
     try:
-        model.load_weights(Path(path))
-    except (OSError, ValueError, KeyError) as e:
+        with h5py.File(path, "r") as f:
+            return {part: dict(_layer_arrays(group, None)) for part, group in f.items() if part != "vars"}
+    except (OSError, KeyError, ValueError) as e:
+        raise ModelError(f"Cannot read the weights file {path}: {e}") from e
+
+
+def _layer_arrays(group: h5py.Group, parent: str | None) -> Iterator[tuple[str, list[np.ndarray]]]:
+    """(layer path, arrays) of the layer saved in `group` and of those below it; `parent` is None for a part."""
+    path = parent or ""
+    variables = group.get("vars")
+    if variables is not None:
+        name = variables.attrs.get("name")
+        if not isinstance(name, str):
+            raise ValueError(f"group {variables.name} is not tagged with its layer's name, as Keras 3.10+ does")
+        if parent is not None:
+            path = f"{parent}/{name}" if parent else name
+        if len(variables):
+            yield path, [variables[str(i)][()] for i in range(len(variables))]
+    for key, child in group.items():
+        if key != "vars":  # a layer held by this one, or a list of them ("layers")
+            yield from _layer_arrays(child, path)
+
+
+def assign_weights(layer: keras.Layer, weights: Mapping[str, Sequence[np.ndarray]]) -> None:
+    """Set every variable of a built layer from its part of `read_weights`; ModelError unless they match exactly."""
+    owned: dict[str, list[keras.Variable]] = {}
+    for variable in layer.weights:
+        owner = variable.path.rpartition("/")[0]
+        # Variables made in the layer's own build() carry its name first; a functional model's layers were built first.
+        owner = "" if owner == layer.name else owner.removeprefix(f"{layer.name}/")
+        owned.setdefault(owner, []).append(variable)
+    if set(owned) != set(weights):
+        missing, unexpected = sorted(set(owned) - set(weights)), sorted(set(weights) - set(owned))
         raise ModelError(
-            f"Weights {path} do not fit this model config ({e}). Are config.json and weights from one run?"
-        ) from e
+            f"Expected weights for exactly the layers of {layer.name}; missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}."
+        )
+    for owner, variables in owned.items():
+        expected = [tuple(v.shape) for v in variables]
+        received = [np.shape(a) for a in weights[owner]]
+        if received != expected:
+            raise ModelError(f"Expected arrays of shapes {expected} for layer {owner}; received {received}.")
+    for owner, variables in owned.items():
+        for variable, array in zip(variables, weights[owner], strict=True):
+            variable.assign(array)
 
 
 def save_model_dir(path: str | Path, model: ImageCaptioner, config: ModelConfig, vocab_json: str) -> Path:

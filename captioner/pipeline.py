@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from captioner import backbones, hub
 from captioner.decode import BeamSearch, Caption
-from captioner.errors import ImageError, ModelError
+from captioner.errors import BackboneError, ImageError, ModelError
 from captioner.features import ImageSource, describe, prepare_image
 from captioner.model import (
     CONFIG_FILE,
@@ -20,10 +20,11 @@ from captioner.model import (
     WEIGHTS_FILE,
     ImageCaptioner,
     ModelConfig,
+    assign_weights,
     build_decoder,
+    read_weights,
     sha256_file,
 )
-from captioner.model import load_weights as load_model_weights
 from captioner.text import Vocabulary
 
 
@@ -51,12 +52,12 @@ class Captioner:
     """A loaded model: images in, captions with attention maps out."""
 
     def __init__(self, model: ImageCaptioner, config: ModelConfig, vocab: Vocabulary, info: ModelInfo):
+        """`model` holds the decoder and the inference backbone (`backbones.build_inference`), as `load` builds it."""
         self.model, self.config, self.vocab, self.info = model, config, vocab, info
         self.search = BeamSearch(model.decoder, vocab, config.grid)
-        backbone = backbones.inference_model(model.backbone)  # BatchNorm folded into the convs: 1.2-1.3x faster
         # Traced once, without AutoGraph or Keras' predict machinery: quicker to compile on a cold start and to call.
         self._backbone = tf.function(
-            lambda images: backbone(images, training=False),
+            lambda images: model.backbone(images, training=False),
             input_signature=[tf.TensorSpec([None, config.image_size, config.image_size, 3], tf.uint8)],
             autograph=False,
         )
@@ -88,10 +89,23 @@ class Captioner:
         vocab = Vocabulary.load(path / VOCAB_FILE)
         if len(vocab) != config.vocab_size:
             raise ModelError(f"{path}: vocab.json has {len(vocab)} words, config.json says {config.vocab_size}.")
-        model = ImageCaptioner(backbones.build(config.backbone, include_top=False, weights=None), build_decoder(config))
-        load_model_weights(model, path / WEIGHTS_FILE)
+        backbones.get(config.backbone)  # an unknown backbone is reported as that, not as weights that do not fit
+        weights_file = path / WEIGHTS_FILE
+        weights = read_weights(weights_file)
+        decoder = build_decoder(config)
+        try:
+            if sorted(weights) != ["backbone", "decoder"]:
+                raise ModelError(f"Expected a backbone and a decoder; received {sorted(weights)}.")
+            assign_weights(decoder, weights["decoder"])
+            # BatchNorm folded into the convs (1.2-1.3x faster), built without building the BatchNorm graph first.
+            backbone = backbones.build_inference(config.backbone, weights["backbone"])
+        except (BackboneError, ModelError) as e:
+            raise ModelError(
+                f"Weights {weights_file} do not fit this model config: {e} Are config.json and weights from one run?"
+            ) from e
+        model = ImageCaptioner(backbone, decoder)
         if info is None:
-            info = ModelInfo(str(path), path, None, sha256_file(path / WEIGHTS_FILE))
+            info = ModelInfo(str(path), path, None, sha256_file(weights_file))
         return cls(model, config, vocab, info)
 
     def prepare(self, image: ImageSource, name: str | None = None) -> np.ndarray:

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 from PIL import Image
 
-from captioner import Captioner
+from captioner import Captioner, backbones
 from captioner.errors import ImageError, ModelError
+from captioner.features import prepare_image
+from captioner.model import WEIGHTS_FILE, ImageCaptioner, build_decoder
+from captioner.paths import BUNDLED_MODEL_DIR
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +44,31 @@ def test_save_then_load_gives_identical_captions(model, tiny_model_dir, photo_by
     a = model.caption([photo_bytes], beam_size=3)[0]
     b = again.caption([photo_bytes], beam_size=3)[0]
     assert (a.text, round(a.log_prob, 4)) == (b.text, round(b.log_prob, 4))
+
+
+def test_bundled_model_loads_exactly_as_keras_and_inference_model_would():
+    """Weights read by layer name, BatchNorm folded from the file's arrays: the numbers the Keras loader gives."""
+    cap = Captioner.from_directory(BUNDLED_MODEL_DIR)
+    reference = ImageCaptioner(backbones.build(cap.config.backbone, weights=None), build_decoder(cap.config))
+    reference.load_weights(BUNDLED_MODEL_DIR / WEIGHTS_FILE)
+    for a, b in zip(reference.decoder.weights, cap.model.decoder.weights, strict=True):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(b), keras.ops.convert_to_numpy(a), err_msg=a.path)
+    pixels = prepare_image(BUNDLED_MODEL_DIR.parent / "examples" / "1056338697_4f7d7ce270.jpg", cap.config.image_size)
+    np.testing.assert_array_equal(
+        cap.model.backbone.predict_on_batch(pixels[None]),
+        backbones.inference_model(reference.backbone).predict_on_batch(pixels[None]),
+    )
+
+
+def test_weights_that_do_not_fit_the_config_are_one_model_error(tiny_model_dir, tmp_path):
+    shutil.copytree(tiny_model_dir, tmp_path / "model")
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    (tmp_path / "model" / "config.json").write_text(json.dumps({**config, "units": 2 * config["units"]}))
+    with pytest.raises(ModelError, match=r"do not fit this model config: Expected arrays of shapes .* for layer "):
+        Captioner.from_directory(tmp_path / "model")
+    (tmp_path / "model" / "config.json").write_text(json.dumps({**config, "backbone": "efficientnet_lite1"}))
+    with pytest.raises(ModelError, match=r"do not fit .* layers of efficientnet_lite1; missing \['block16_dw_bn'"):
+        Captioner.from_directory(tmp_path / "model")
 
 
 def test_bad_image_names_the_file(model):
