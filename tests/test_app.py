@@ -245,7 +245,7 @@ def test_streamlit_run_starts_loading_the_model_with_the_server_and_sessions_reu
     assert len(made) == 1  # the session got the model the server had loaded
 
 
-def test_garbage_collection_is_paused_while_the_model_loads_and_resumes_after(monkeypatch):
+def test_garbage_collection_is_paused_while_the_model_loads_and_resumes_after_a_freeze(monkeypatch):
     from captioner.errors import ModelError
     from captioner.pipeline import Captioner
 
@@ -256,9 +256,10 @@ def test_garbage_collection_is_paused_while_the_model_loads_and_resumes_after(mo
         raise ModelError("no model in this test")
 
     monkeypatch.setattr(Captioner, "load", failing_load)
+    monkeypatch.setattr(gc, "freeze", lambda: collecting.append("frozen"))
     with pytest.raises(ModelError):
         common.ModelLoader({}).result()
-    assert collecting == [False] and gc.isenabled()
+    assert collecting == [False, "frozen"] and gc.isenabled()
 
 
 def test_a_model_that_cannot_load_is_explained_without_a_traceback(monkeypatch, tmp_path, report_file):
