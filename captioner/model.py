@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -241,28 +241,14 @@ def _layer_arrays(group: h5py.Group, parent: str | None) -> Iterator[tuple[str, 
             yield from _layer_arrays(child, path)
 
 
-def assign_weights(layer: keras.Layer, weights: Mapping[str, Sequence[np.ndarray]]) -> None:
-    """Set every variable of a built layer from its part of `read_weights`; ModelError unless they match exactly."""
-    owned: dict[str, list[keras.Variable]] = {}
-    for variable in layer.weights:
-        owner = variable.path.rpartition("/")[0]
-        # Variables made in the layer's own build() carry its name first; a functional model's layers were built first.
-        owner = "" if owner == layer.name else owner.removeprefix(f"{layer.name}/")
-        owned.setdefault(owner, []).append(variable)
-    if set(owned) != set(weights):
-        missing, unexpected = sorted(set(owned) - set(weights)), sorted(set(weights) - set(owned))
+def load_weights(model: keras.Model, path: str | Path) -> None:
+    """Load a weights file written by `save_weights`."""
+    try:
+        model.load_weights(Path(path))
+    except (OSError, ValueError, KeyError) as e:
         raise ModelError(
-            f"Expected weights for exactly the layers of {layer.name}; missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}."
-        )
-    for owner, variables in owned.items():
-        expected = [tuple(v.shape) for v in variables]
-        received = [np.shape(a) for a in weights[owner]]
-        if received != expected:
-            raise ModelError(f"Expected arrays of shapes {expected} for layer {owner}; received {received}.")
-    for owner, variables in owned.items():
-        for variable, array in zip(variables, weights[owner], strict=True):
-            variable.assign(array)
+            f"Weights {path} do not fit this model config ({e}). Are config.json and weights from one run?"
+        ) from e
 
 
 def save_model_dir(path: str | Path, model: ImageCaptioner, config: ModelConfig, vocab_json: str) -> Path:

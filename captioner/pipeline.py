@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -20,8 +21,8 @@ from captioner.model import (
     WEIGHTS_FILE,
     ImageCaptioner,
     ModelConfig,
-    assign_weights,
     build_decoder,
+    load_weights,
     read_weights,
     sha256_file,
 )
@@ -90,22 +91,9 @@ class Captioner:
         if len(vocab) != config.vocab_size:
             raise ModelError(f"{path}: vocab.json has {len(vocab)} words, config.json says {config.vocab_size}.")
         backbones.get(config.backbone)  # an unknown backbone is reported as that, not as weights that do not fit
-        weights_file = path / WEIGHTS_FILE
-        weights = read_weights(weights_file)
-        decoder = build_decoder(config)
-        try:
-            if sorted(weights) != ["backbone", "decoder"]:
-                raise ModelError(f"Expected a backbone and a decoder; received {sorted(weights)}.")
-            assign_weights(decoder, weights["decoder"])
-            # BatchNorm folded into the convs (1.2-1.3x faster), built without building the BatchNorm graph first.
-            backbone = backbones.build_inference(config.backbone, weights["backbone"])
-        except (BackboneError, ModelError) as e:
-            raise ModelError(
-                f"Weights {weights_file} do not fit this model config: {e} Are config.json and weights from one run?"
-            ) from e
-        model = ImageCaptioner(backbone, decoder)
+        model = _inference_model(config, path / WEIGHTS_FILE)
         if info is None:
-            info = ModelInfo(str(path), path, None, sha256_file(weights_file))
+            info = ModelInfo(str(path), path, None, sha256_file(path / WEIGHTS_FILE))
         return cls(model, config, vocab, info)
 
     def prepare(self, image: ImageSource, name: str | None = None) -> np.ndarray:
@@ -141,6 +129,32 @@ class Captioner:
     ) -> list[Caption]:
         """Encode and decode in one call."""
         return self.decode(self.encode(images), beam_size, length_penalty, max_length)
+
+
+def _inference_model(config: ModelConfig, weights_file: Path) -> ImageCaptioner:
+    """The decoder and the BatchNorm-folded backbone, set from the weights file of the full model."""
+    weights = read_weights(weights_file)  # by layer name: the backbone's arrays are folded into its convs
+    if sorted(weights) != ["backbone", "decoder"]:
+        raise ModelError(f"Expected a backbone and a decoder in {weights_file}; received {sorted(weights)}.")
+    decoder = build_decoder(config)
+    # Keras matches the decoder's groups to its layers by attribute, as it saved them, which Streamlit's
+    # keras.backend.clear_session() after each script run cannot upset (it resets the name scopes that variable paths
+    # come from, even mid-build). A weightless stand-in takes the backbone's place, so Keras leaves those groups alone.
+    load_weights(ImageCaptioner(keras.layers.Identity(), decoder), weights_file)
+    saved = sum(map(len, weights["decoder"].values()))
+    if saved != len(decoder.weights):  # Keras loads what the layers ask for and ignores the rest
+        raise ModelError(
+            f"Weights {weights_file} hold {saved} decoder arrays; this model config has {len(decoder.weights)}. "
+            "Are config.json and weights from one run?"
+        )
+    try:
+        # BatchNorm folded into the convs (1.2-1.3x faster), built without building the BatchNorm graph first.
+        backbone = backbones.build_inference(config.backbone, weights["backbone"])
+    except BackboneError as e:
+        raise ModelError(
+            f"Weights {weights_file} do not fit this model config: {e} Are config.json and weights from one run?"
+        ) from e
+    return ImageCaptioner(backbone, decoder)
 
 
 def _read_json(path: Path) -> dict:

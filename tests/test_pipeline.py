@@ -15,6 +15,7 @@ from PIL import Image
 from captioner import Captioner, backbones
 from captioner.errors import ImageError, ModelError
 from captioner.features import prepare_image
+from captioner.layers import BahdanauAttention
 from captioner.model import WEIGHTS_FILE, ImageCaptioner, build_decoder
 from captioner.paths import BUNDLED_MODEL_DIR
 
@@ -63,12 +64,28 @@ def test_bundled_model_loads_exactly_as_keras_and_inference_model_would():
 def test_weights_that_do_not_fit_the_config_are_one_model_error(tiny_model_dir, tmp_path):
     shutil.copytree(tiny_model_dir, tmp_path / "model")
     config = json.loads((tmp_path / "model" / "config.json").read_text())
-    (tmp_path / "model" / "config.json").write_text(json.dumps({**config, "units": 2 * config["units"]}))
-    with pytest.raises(ModelError, match=r"do not fit this model config: Expected arrays of shapes .* for layer "):
-        Captioner.from_directory(tmp_path / "model")
-    (tmp_path / "model" / "config.json").write_text(json.dumps({**config, "backbone": "efficientnet_lite1"}))
-    with pytest.raises(ModelError, match=r"do not fit .* layers of efficientnet_lite1; missing \['block16_dw_bn'"):
-        Captioner.from_directory(tmp_path / "model")
+    for change, message in (
+        ({"units": 2 * config["units"]}, r"do not fit this model config \("),
+        ({"attention_gate": False}, r"hold 19 decoder arrays; this model config has 17\."),
+        ({"backbone": "efficientnet_lite1"}, r"do not fit .* layers of efficientnet_lite1; missing \['block16_dw_bn'"),
+    ):
+        (tmp_path / "model" / "config.json").write_text(json.dumps({**config, **change}))
+        with pytest.raises(ModelError, match=message):
+            Captioner.from_directory(tmp_path / "model")
+
+
+def test_a_keras_clear_session_while_the_model_builds_changes_nothing(model, tiny_model_dir, photo_bytes, monkeypatch):
+    """Streamlit calls keras.backend.clear_session() after every script run, while the app builds the model."""
+    build = BahdanauAttention.build
+
+    def build_after_a_clear_session(self, *args):
+        keras.backend.clear_session(free_memory=False)  # Keras forgets its name scopes, mid-way through the decoder
+        build(self, *args)
+
+    monkeypatch.setattr(BahdanauAttention, "build", build_after_a_clear_session)
+    again = Captioner.from_directory(tiny_model_dir)
+    a, b = model.caption([photo_bytes], beam_size=3)[0], again.caption([photo_bytes], beam_size=3)[0]
+    assert (a.text, round(a.log_prob, 4)) == (b.text, round(b.log_prob, 4))
 
 
 def test_bad_image_names_the_file(model):
