@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from captioner.data import Flickr8k
 from captioner.decode import BeamSearch
+from captioner.evaluate import sentence_bleu
 from captioner.model import ModelConfig
 from captioner.text import Vocabulary
-from captioner.train import TrainConfig, Trainer, caption_tokens, length_batches
+from captioner.train import CaptionReward, TrainConfig, Trainer, caption_tokens, length_batches
 
 CAPTIONS = {
     "a.jpg": "a dog runs on the grass",
@@ -89,3 +91,14 @@ def test_self_critical_average_follows_only_the_self_critical_steps(tmp_path):
     assert changed
     for i in changed:  # decay 0.5 after one step: halfway between the start and the new weights
         np.testing.assert_allclose(averaged[i], (before[i] + after[i]) / 2, rtol=1e-5, atol=1e-6)
+
+
+def test_caption_reward_adds_weighted_sentence_bleu4_to_cider():
+    refs = [[c.split() for c in CAPTIONS.values()], [["two", "cats", "sleep", "on", "a", "sofa"]] * 2]
+    fluent = ["a", "dog", "runs", "on", "the", "grass"]
+    clipped = ["a", "dog", "runs", "grass"]  # what CIDEr-D alone teaches: "on the" dropped
+    plain, mixed = CaptionReward(refs), CaptionReward(refs, bleu_weight=1.0)
+    assert plain(0, fluent) == plain.cider.score(0, fluent)
+    bleu = mixed(0, fluent) - plain(0, fluent)
+    assert bleu == pytest.approx(sentence_bleu(fluent, refs[0])["bleu4"] / 100) and bleu > 0.9  # an exact reference
+    assert mixed(0, clipped) - plain(0, clipped) < bleu / 2  # the missing bigrams cost BLEU-4
