@@ -8,7 +8,6 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Mapping
@@ -115,7 +114,6 @@ class ModelLoader:
             # TensorFlow's import and the model build allocate millions of long-lived objects: collector passes over
             # them took ~1.3 of the ~9 CPU-seconds of loading and freed only ~20,000 objects.
             with _collector_paused():
-                _import_tensorflow_without_matplotlib()
                 from captioner.pipeline import Captioner
 
                 cap = Captioner.load(None, secrets=secrets, fallback=True)  # $CAPTIONER_MODEL, secret, or bundled
@@ -138,19 +136,6 @@ class ModelLoader:
     def result(self) -> Captioner:
         """Wait for the model; raises what loading raised."""
         return self._future.result()
-
-
-def _import_tensorflow_without_matplotlib() -> None:
-    """Import TensorFlow as if matplotlib were not installed, which Keras allows: it skips its plotting helpers."""
-    # Those helpers import matplotlib.pyplot (~0.8 CPU-s) before the model can load; the heatmaps need matplotlib only
-    # after it has (`_warm_figures`). Nothing else can draw one before, so hiding it meanwhile hurts no one.
-    if "tensorflow" in sys.modules or "matplotlib" in sys.modules:
-        return
-    sys.modules["matplotlib"] = None  # type: ignore[assignment]  # importing it now raises ImportError
-    try:
-        import tensorflow  # noqa: F401
-    finally:
-        del sys.modules["matplotlib"]
 
 
 @contextmanager

@@ -12,7 +12,6 @@ import io
 import json
 import runpy
 import struct
-import subprocess
 import sys
 import zlib
 from pathlib import Path
@@ -261,16 +260,6 @@ def test_garbage_collection_is_paused_while_the_model_loads_and_resumes_after_a_
     with pytest.raises(ModelError):
         common.ModelLoader({}).result()
     assert collecting == [False, "frozen"] and gc.isenabled()
-
-
-def test_the_loader_imports_tensorflow_without_keras_importing_matplotlib():
-    check = (
-        "import sys; from pages import common; common._import_tensorflow_without_matplotlib(); "
-        "assert 'tensorflow' in sys.modules and 'matplotlib' not in sys.modules, 'matplotlib imported'; "
-        "import matplotlib.figure"  # hidden only while TensorFlow imports
-    )
-    proc = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_a_model_that_cannot_load_is_explained_without_a_traceback(monkeypatch, tmp_path, report_file):
