@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from captioner import hub
@@ -13,6 +14,28 @@ from captioner.errors import CaptionerError
 from captioner.paths import cache_dir
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
+# What TensorFlow's C++ side prints while it loads, before TF_CPP_MIN_LOG_LEVEL applies (e.g. "oneDNN custom operations
+# are on" on AVX-512 CPUs): INFO lines and absl's notice about them. They would break "one error line per failure".
+_IMPORT_NOISE = ("I0000 ", "WARNING: All log messages before absl::InitializeLog() is called")
+
+
+def _import_tensorflow() -> None:
+    """Import TensorFlow with its start-up INFO lines dropped; anything else it prints still reaches stderr."""
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if not line.startswith(_IMPORT_NOISE):
+                    sys.stderr.write(line)
 
 
 def _features(args: argparse.Namespace) -> int:
@@ -20,6 +43,7 @@ def _features(args: argparse.Namespace) -> int:
     from captioner.features import extract_features, use_onednn
 
     use_onednn()  # before TensorFlow is imported: ~2x faster batched backbone on AVX2-only CPUs
+    _import_tensorflow()
     data = load_flickr8k(args.data)
     print(data.summary(), file=sys.stderr)
     names = data.images()
@@ -29,6 +53,7 @@ def _features(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    _import_tensorflow()
     from captioner import backbones
     from captioner.data import load_flickr8k
     from captioner.features import open_cache
@@ -62,6 +87,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    _import_tensorflow()
     from captioner.data import load_flickr8k
     from captioner.train import export_run
 
@@ -72,6 +98,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    _import_tensorflow()
     from captioner.evaluate import evaluate_split
 
     report = evaluate_split(args.model, args.data, args.split, args.beam, args.length_penalty, args.out)
@@ -83,6 +110,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _caption(args: argparse.Namespace) -> int:
+    _import_tensorflow()
     from captioner.errors import ImageError
     from captioner.pipeline import Captioner
 

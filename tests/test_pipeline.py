@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -122,3 +123,15 @@ def test_caption_command_with_a_missing_model_is_one_line(tmp_path, photo_bytes)
     proc = _cli("caption", str(tmp_path / "p.jpg"), "--model", str(tmp_path / "nowhere"))
     assert proc.returncode != 0
     assert proc.stderr.strip().startswith("error:") and proc.stderr.strip().count("\n") == 0, proc.stderr
+
+
+def test_cli_drops_tensorflows_start_up_info_lines_but_keeps_other_stderr(tmp_path):
+    # A stand-in TensorFlow that writes to fd 2 from "C++" as the real one does on AVX-512 CPUs.
+    (tmp_path / "tensorflow.py").write_text(
+        "import os\nos.write(2, b'I0000 00:00 port.cc:153] oneDNN custom operations are on.\\nreal problem\\n')\n"
+    )
+    code = "import sys; from captioner import cli; cli._import_tensorflow(); print(sys.modules['tensorflow'])"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "real problem\n" and str(tmp_path) in proc.stdout
