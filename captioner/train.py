@@ -245,7 +245,9 @@ class Trainer:
                     avg.assign(var)  # the self-critical average (if any) starts from there
                 self.scst_start.assign(self.epoch)
                 self.bad_epochs.assign(0)
-                log(f"self-critical training (CIDEr-D reward) from the best epoch, dev BLEU-4 {float(self.best):.2f}")
+                reward_name = "CIDEr-D" + (f" + {w:g} × BLEU-4" if (w := self.config.scst_bleu_weight) else "")
+                log(f"self-critical training ({reward_name} reward) from the best epoch, "
+                    f"dev BLEU-4 {float(self.best):.2f}")  # fmt: skip
                 continue
             if scst and (
                 int(self.epoch) - int(self.scst_start) >= self.config.scst_epochs
