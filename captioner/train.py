@@ -278,12 +278,15 @@ class Trainer:
                 self.bad_epochs.assign(0)
             else:
                 self.bad_epochs.assign_add(1)
-            self.elapsed.assign_add(time.time() - t0)
+            seconds = time.time() - t0
+            self.elapsed.assign_add(seconds)
             self.manager.save()
             log(f"epoch {int(self.epoch)}: {summary}, dev BLEU-4 {bleu4:.2f}{' (best)' if improved else ''}, "
-                f"{time.time() - t0:.0f}s")  # fmt: skip
-            if float(self.elapsed) / 60 > self.config.time_budget_minutes:
-                log(f"time budget of {self.config.time_budget_minutes} min reached")
+                f"{seconds:.0f}s")  # fmt: skip
+            # Stop before an epoch as long as this one would end past the budget, not after it.
+            if (float(self.elapsed) + seconds) / 60 > self.config.time_budget_minutes:
+                log(f"time budget: {float(self.elapsed) / 60:.1f} of {self.config.time_budget_minutes:g} min used, "
+                    f"no time for another {seconds:.0f}s epoch")  # fmt: skip
                 break
         return float(self.best)
 

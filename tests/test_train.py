@@ -20,14 +20,14 @@ CAPTIONS = {
 }
 
 
-def _tiny(tmp_path, epochs: int, ema_decay: float = 0.0, scst_ema_decay: float = 0.0):
+def _tiny(tmp_path, epochs: int, ema_decay: float = 0.0, scst_ema_decay: float = 0.0, budget: float = 58.0):
     names = list(CAPTIONS)
     data = Flickr8k(tmp_path, tmp_path, {n: [c] * 5 for n, c in CAPTIONS.items()}, {"train": names})
     vocab = Vocabulary.build(CAPTIONS.values(), min_count=1)
     config = ModelConfig(grid=(2, 2), feature_channels=8, vocab_size=len(vocab), max_length=8, embed_dim=16,
                          units=48, feature_dim=32, attention_units=16, dropout=0.0)  # fmt: skip
     train = TrainConfig(epochs=epochs, batch_images=2, learning_rate=1e-2, warmup_steps=0, label_smoothing=0.0,
-                        ema_decay=ema_decay, scst_ema_decay=scst_ema_decay)  # fmt: skip
+                        ema_decay=ema_decay, scst_ema_decay=scst_ema_decay, time_budget_minutes=budget)  # fmt: skip
     trainer = Trainer(tmp_path / "run", config, train, vocab, n_train=len(names))
     features = np.random.default_rng(0).normal(0, 1, (len(names), 2, 2, 8)).astype(np.float16)
     tokens = caption_tokens(data, names, vocab, config.max_length, seed=0)
@@ -102,3 +102,23 @@ def test_caption_reward_adds_weighted_sentence_bleu4_to_cider():
     bleu = mixed(0, fluent) - plain(0, fluent)
     assert bleu == pytest.approx(sentence_bleu(fluent, refs[0])["bleu4"] / 100) and bleu > 0.9  # an exact reference
     assert mixed(0, clipped) - plain(0, clipped) < bleu / 2  # the missing bigrams cost BLEU-4
+
+
+def test_time_budget_stops_before_an_epoch_that_would_end_past_it(tmp_path, monkeypatch):
+    class Clock:  # every reading is a minute after the last, so each epoch "takes" one minute
+        now = 0.0
+
+        @classmethod
+        def time(cls) -> float:
+            cls.now += 60.0
+            return cls.now
+
+    monkeypatch.setattr("captioner.train.time", Clock)
+    trainer, features, tokens, _, _ = _tiny(tmp_path, epochs=5, budget=2.5)
+    trainer.run_dir.mkdir()
+    refs = [[c.split()] * 5 for c in CAPTIONS.values()]
+    lines = []
+    trainer.fit(features, tokens, features, refs, lines.append)
+    # After two one-minute epochs a third would end at 3 > 2.5 minutes, so it never starts.
+    assert int(trainer.epoch) == 2
+    assert "no time for another" in lines[-1]
