@@ -144,7 +144,7 @@ def thumbnail(src: str | Path | bytes | np.ndarray, size: int, name: str | None 
     """Decode an image (EXIF-rotated, RGB) and shrink it so its longest side is `size`; never enlarges."""
     if size < 16:
         raise ValueError(f"Expected a thumbnail size of at least 16 pixels. Received: {size}.")
-    return Image.fromarray(fit(load_image(src, name, target=size), size))
+    return Image.fromarray(fit(load_image(src, name, longest=size), size))
 
 
 def write_thumbnails(paths: Sequence[Path], out: Path, size: int) -> int:

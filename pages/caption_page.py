@@ -89,7 +89,7 @@ def read_photo(cap: Captioner, name: str, data: bytes, max_bytes: int | None = N
     # One upload at a time per process: a big PNG briefly needs hundreds of MB, and sessions must not stack them.
     with common.model_lock():
         pixels = cap.prepare(data, name)  # the same preprocessing as `captioner caption`
-        image = viz.fit(features.load_image(data, name, target=DISPLAY_SIDE), DISPLAY_SIDE)
+        image = viz.fit(features.load_image(data, name, longest=DISPLAY_SIDE), DISPLAY_SIDE)
         encoded = cap.encode([pixels], [name])
     return Photo(name, digest(data), image, encoded, size, notes)
 

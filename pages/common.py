@@ -6,8 +6,10 @@ Only this app imports Streamlit; model work goes through the `captioner` package
 from __future__ import annotations
 
 import gc
+import importlib.abc
 import logging
 import os
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Mapping
@@ -42,6 +44,9 @@ DEFAULT_BEAM, DEFAULT_ALPHA, DEFAULT_OPACITY = 3, 0.7, 0.5
 LOADING_MESSAGE = "Loading the captioning model (once per server start)…"
 _CACHE_LIMIT = 64  # results kept per session and kind (photos, captions, figures)
 _MODEL_LOCK = threading.RLock()  # this module is imported once per server process
+# Keras imports these when it is imported, for things the app never asks of it (IPython display, pandas inputs,
+# pyplot image galleries; our figures use matplotlib without pyplot): ~0.8 CPU-s of a cold start.
+_KERAS_EXTRAS = frozenset({"IPython", "pandas", "matplotlib.pyplot"})
 
 T = TypeVar("T")
 
@@ -114,7 +119,8 @@ class ModelLoader:
             # TensorFlow's import and the model build allocate millions of long-lived objects: collector passes over
             # them took ~1.3 of the ~9 CPU-seconds of loading and freed only ~20,000 objects.
             with _collector_paused():
-                from captioner.pipeline import Captioner
+                with _unimportable_here(_KERAS_EXTRAS):
+                    from captioner.pipeline import Captioner  # imports Keras and TensorFlow
 
                 cap = Captioner.load(None, secrets=secrets, fallback=True)  # $CAPTIONER_MODEL, secret, or bundled
                 with model_lock():  # compile the backbone and the search now, not on the first upload
@@ -136,6 +142,29 @@ class ModelLoader:
     def result(self) -> Captioner:
         """Wait for the model; raises what loading raised."""
         return self._future.result()
+
+
+class _UnimportableHere(importlib.abc.MetaPathFinder):
+    """Fails the import of the named modules on one thread; every other thread imports them as usual."""
+
+    def __init__(self, names: frozenset[str]):
+        self.names, self.thread = names, threading.get_ident()
+
+    def find_spec(self, name: str, path=None, target=None) -> None:
+        if name in self.names and threading.get_ident() == self.thread:
+            raise ModuleNotFoundError(f"{name} is not imported while the model loads", name=name)
+        return None  # not ours: the regular finders look for it
+
+
+@contextmanager
+def _unimportable_here(names: frozenset[str]) -> Iterator[None]:
+    """Inside the block, importing `names` fails on this thread (a page on another thread may import them)."""
+    finder = _UnimportableHere(names)
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(finder)
 
 
 @contextmanager

@@ -262,6 +262,27 @@ def test_garbage_collection_is_paused_while_the_model_loads_and_resumes_after_a_
     assert collecting == [False, "frozen"] and gc.isenabled()
 
 
+def test_keras_extras_are_unimportable_only_on_the_loading_thread(monkeypatch, tmp_path):
+    import threading
+
+    (tmp_path / "extra_for_this_test.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    elsewhere = []
+    with common._unimportable_here(frozenset({"extra_for_this_test"})):
+        with pytest.raises(ModuleNotFoundError, match="while the model loads"):
+            import extra_for_this_test
+        # Another thread (a page drawing a table while the model loads) imports it as usual.
+        thread = threading.Thread(target=lambda: elsewhere.append(__import__("extra_for_this_test").VALUE))
+        thread.start()
+        thread.join()
+        sys.modules.pop("extra_for_this_test")
+    assert elsewhere == [1]
+    import extra_for_this_test  # after the block it imports on this thread too
+
+    assert extra_for_this_test.VALUE == 1
+    sys.modules.pop("extra_for_this_test")
+
+
 def test_a_model_that_cannot_load_is_explained_without_a_traceback(monkeypatch, tmp_path, report_file):
     missing = tmp_path / "no_model_here"
     monkeypatch.setenv("CAPTIONER_MODEL", str(missing))

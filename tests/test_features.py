@@ -103,6 +103,14 @@ def test_large_jpeg_decodes_at_reduced_scale():
     assert max(load_image(_encode(big, "JPEG"), target=224).shape[:2]) < 1000
 
 
+@pytest.mark.parametrize("shape", [(3000, 4000, 3), (4000, 3000, 3)])
+def test_display_copy_of_a_large_jpeg_decodes_at_the_smallest_scale_that_keeps_its_longest_side(shape):
+    big = Image.fromarray(np.random.default_rng(0).integers(0, 255, shape, np.uint8))
+    out = load_image(_encode(big, "JPEG"), longest=800)
+    # 1/4 scale (1000×750) still has a long side ≥ 800; asking for both sides ≥ 800 would have decoded at 1/2.
+    assert sorted(out.shape[:2]) == [750, 1000]
+
+
 @pytest.mark.parametrize(
     ("payload", "message"),
     [
