@@ -3,6 +3,9 @@
 A source is a local model directory or `hf://OWNER/REPO[@REVISION]`. Hub downloads go through huggingface_hub
 into the standard HF cache (only the files a model needs); every model directory carries a `manifest.json` with
 the sha256 of each file, checked before anything is loaded.
+
+huggingface_hub (with httpx2) and yaml are imported inside the functions that talk to the Hub or write a model card:
+loading a local or the bundled model never needs them, and importing them took ~0.15 s of the app's cold start.
 """
 
 from __future__ import annotations
@@ -16,24 +19,13 @@ import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-
-import httpx2
-import yaml
-from huggingface_hub import CommitOperationAdd, HfApi, constants, snapshot_download
-from huggingface_hub.errors import (
-    GatedRepoError,
-    HfHubHTTPError,
-    HFValidationError,
-    IncompleteSnapshotError,
-    LocalEntryNotFoundError,
-    OfflineModeIsEnabled,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
-from huggingface_hub.utils import validate_repo_id
+from typing import TYPE_CHECKING
 
 from captioner import paths
 from captioner.errors import CaptionerError, HubError, ModelError
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi
 
 HF_SCHEME = "hf://"
 SOURCE_ENV = "CAPTIONER_MODEL"  # also the name of the Streamlit secret
@@ -48,9 +40,6 @@ LIBRARY_NAME = "captioner"
 _SOURCE_FORM = "a local model directory or hf://OWNER/REPO[@REVISION]"
 _COMMIT = re.compile(r"[0-9a-fA-F]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-# Failures that mean "the Hub cannot be reached" rather than "the Hub said no". OfflineModeIsEnabled
-# (HF_HUB_OFFLINE=1) is a ConnectionError.
-_NETWORK_ERRORS = (httpx2.TransportError, ConnectionError, TimeoutError)
 _CITATION = (
     'M. Hodosh, P. Young and J. Hockenmaier (2013), "Framing Image Description as a Ranking Task: Data, Models '
     'and Evaluation Metrics", Journal of Artificial Intelligence Research (JAIR) 47:853–899.'
@@ -128,6 +117,9 @@ def parse_source(text: str | os.PathLike[str]) -> LocalSource | HubSource:
         raise ModelError(f"Expected a model source: {_SOURCE_FORM}. Received an empty string.")
     if not text.startswith(HF_SCHEME):
         return LocalSource(Path(text).expanduser())
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
     repo_id, at, revision = text[len(HF_SCHEME) :].partition("@")
     problem = None
     if repo_id.count("/") != 1:
@@ -334,6 +326,9 @@ def _fetch_local(path: Path, source: str) -> ResolvedModel:
 
 
 def _fetch_hub(src: HubSource, token: str | None) -> ResolvedModel:
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import IncompleteSnapshotError, LocalEntryNotFoundError
+
     notices: list[str] = []
     partial = False
     if src.pinned:
@@ -355,14 +350,14 @@ def _fetch_hub(src: HubSource, token: str | None) -> ResolvedModel:
 
     try:
         info = HfApi(library_name=LIBRARY_NAME).repo_info(src.repo_id, revision=src.revision, token=token)
-    except (OSError, *_NETWORK_ERRORS) as error:
+    except (OSError, *_network_errors()) as error:
         if not _is_unreachable(error):
             raise HubError(f"Cannot load {src}: {_explain(src, error)}.") from error
         return _from_cache_offline(src, error, token, partial)
 
     try:
         folder = _snapshot(src, token, local_files_only=False)
-    except (OSError, *_NETWORK_ERRORS) as error:
+    except (OSError, *_network_errors()) as error:
         raise HubError(f"Cannot load {src}: {_explain(src, error, downloading=True)}.") from error
     commit = folder.name if _COMMIT.fullmatch(folder.name) else str(info.sha)
     if not src.pinned:
@@ -379,6 +374,8 @@ def _fetch_hub(src: HubSource, token: str | None) -> ResolvedModel:
 
 
 def _snapshot(src: HubSource, token: str | None, *, local_files_only: bool) -> Path:
+    from huggingface_hub import snapshot_download
+
     folder = snapshot_download(
         src.repo_id,
         revision=src.revision,
@@ -392,6 +389,8 @@ def _snapshot(src: HubSource, token: str | None, *, local_files_only: bool) -> P
 
 def _from_cache_offline(src: HubSource, error: BaseException, token: str | None, partial: bool) -> ResolvedModel:
     """The Hub is unreachable: use the cached copy of this revision, or explain that there is none."""
+    from huggingface_hub.errors import IncompleteSnapshotError, LocalEntryNotFoundError
+
     reason = _unreachable(error)
     if not src.pinned:
         try:
@@ -462,6 +461,16 @@ def _unpinned_notice(src: HubSource, commit: str) -> str:
 # ---- error messages --------------------------------------------------------------------------------------------
 
 
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """Failures that mean "the Hub cannot be reached" rather than "the Hub said no".
+
+    OfflineModeIsEnabled (HF_HUB_OFFLINE=1) is a ConnectionError.
+    """
+    import httpx2
+
+    return httpx2.TransportError, ConnectionError, TimeoutError
+
+
 def _chain(error: BaseException) -> Iterator[BaseException]:
     seen: set[int] = set()
     current: BaseException | None = error
@@ -477,8 +486,10 @@ def _status(error: BaseException) -> int | None:
 
 
 def _is_unreachable(error: BaseException) -> bool:
+    from huggingface_hub.errors import HfHubHTTPError
+
     for exc in _chain(error):
-        if isinstance(exc, _NETWORK_ERRORS):
+        if isinstance(exc, _network_errors()):
             return True
         if isinstance(exc, HfHubHTTPError) and (_status(exc) or 0) >= 500:
             return True
@@ -497,17 +508,23 @@ def _brief(error: BaseException) -> str:
 
 
 def _unreachable(error: BaseException) -> str:
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
     for exc in _chain(error):
         if isinstance(exc, OfflineModeIsEnabled):
             return "offline mode is on (HF_HUB_OFFLINE=1)"
         if isinstance(exc, HfHubHTTPError) and (_status(exc) or 0) >= 500:
             return f"the Hub at {constants.ENDPOINT} is unavailable (HTTP {_status(exc)})"
-    root = next((e for e in _chain(error) if isinstance(e, _NETWORK_ERRORS)), error)
+    root = next((e for e in _chain(error) if isinstance(e, _network_errors())), error)
     return f"the Hub at {constants.ENDPOINT} could not be reached ({_brief(root)})"
 
 
 def _explain(src: HubSource, error: BaseException, *, downloading: bool = False) -> str:
     """One actionable line for a failure of huggingface_hub, looking through the exception chain."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
     page = f"{constants.ENDPOINT}/{src.repo_id}"
     for exc in _chain(error):
         if isinstance(exc, GatedRepoError):
@@ -536,7 +553,7 @@ def _explain(src: HubSource, error: BaseException, *, downloading: bool = False)
             return f"access to {src.repo_id} was denied (HTTP 403); use a token with read access to it"
     if _is_unreachable(error):
         if downloading:
-            root = next((e for e in _chain(error) if isinstance(e, _NETWORK_ERRORS)), error)
+            root = next((e for e in _chain(error) if isinstance(e, _network_errors())), error)
             return (
                 f"the connection to the Hub was lost during the download ({_brief(root)}); the partial file was "
                 "discarded, retry when the connection is stable"
@@ -670,6 +687,8 @@ def model_card(model_dir: str | os.PathLike[str], repo_id: str | None = None) ->
                 ],
             }
         ]
+    import yaml
+
     front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
 
     backbone = config.get("backbone", "unknown")
@@ -764,6 +783,8 @@ def push(
         ModelError: the directory is not a complete model directory.
         HubError: the upload failed (no token, no write access, Hub unreachable, tag already exists, ...).
     """
+    from huggingface_hub import CommitOperationAdd, HfApi
+
     model_dir = Path(model_dir)
     if "@" in repo_id:
         raise HubError(f"Expected the repository as OWNER/REPO, without a revision. Received {repo_id!r}.")
@@ -795,13 +816,13 @@ def push(
         )
     except HubError:
         raise
-    except (OSError, ValueError, *_NETWORK_ERRORS) as error:
+    except (OSError, ValueError, *_network_errors()) as error:
         raise HubError(f"Cannot push {model_dir} to {where}: {_explain_push(repo_id, error)}.") from error
     commit = str(info.oid)
     if tag:
         try:
             api.create_tag(repo_id, tag=tag, revision=commit, tag_message=f"captioner model {tag}", token=token)
-        except (OSError, ValueError, *_NETWORK_ERRORS) as error:
+        except (OSError, ValueError, *_network_errors()) as error:
             raise HubError(
                 f"Pushed commit {commit} to {where} but could not tag it '{tag}': {_explain_push(repo_id, error)}. "
                 f"Pin hf://{repo_id}@{commit}, or tag it on the Hub."
@@ -810,6 +831,8 @@ def push(
 
 
 def _ensure_new_tag(api: HfApi, repo_id: str, tag: str, token: str | None) -> None:
+    from huggingface_hub.errors import RevisionNotFoundError
+
     try:
         api.repo_info(repo_id, revision=tag, token=token)
     except RevisionNotFoundError:
@@ -821,6 +844,8 @@ def _ensure_new_tag(api: HfApi, repo_id: str, tag: str, token: str | None) -> No
 
 
 def _explain_push(repo_id: str, error: BaseException) -> str:
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
     namespace = repo_id.split("/")[0]
     for exc in _chain(error):
         status = _status(exc) if isinstance(exc, HfHubHTTPError) else None
@@ -851,6 +876,8 @@ def add_push_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_push(args: argparse.Namespace) -> int:
     """Run `captioner push`: print the commit SHA to pin; on failure print one error line and return 1."""
+    from huggingface_hub import constants
+
     try:
         commit = push(args.model, args.repo_id, tag=args.tag, private=args.private)
     except CaptionerError as e:

@@ -616,3 +616,12 @@ def test_run_push_failure_is_one_error_line_and_nonzero_exit(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith("error: ") and captured.err.count("\n") == 1
+
+
+def test_loading_a_local_model_never_imports_the_hub_client(tiny_model_dir: Path) -> None:
+    code = (
+        "import sys; from captioner import hub; hub.fetch(sys.argv[1]); "
+        "print(sorted(m for m in ('huggingface_hub', 'httpx2', 'yaml') if m in sys.modules))"
+    )
+    run = subprocess.run([sys.executable, "-c", code, str(tiny_model_dir)], capture_output=True, text=True, check=True)
+    assert run.stdout.strip() == "[]"
