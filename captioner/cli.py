@@ -14,6 +14,7 @@ from captioner.errors import CaptionerError
 from captioner.paths import cache_dir
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
+BLOCK_HELP = "never repeat a three-word phrase within a caption (default: as the model was tuned on dev)"
 # What TensorFlow's C++ side prints while it loads, before TF_CPP_MIN_LOG_LEVEL applies (e.g. "oneDNN custom operations
 # are on" on AVX-512 CPUs): INFO lines and absl's notice about them. They would break "one error line per failure".
 _IMPORT_NOISE = ("I0000 ", "WARNING: All log messages before absl::InitializeLog() is called")
@@ -101,7 +102,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     _import_tensorflow()
     from captioner.evaluate import evaluate_split
 
-    report = evaluate_split(args.model, args.data, args.split, args.beam, args.length_penalty, args.out)
+    report = evaluate_split(
+        args.model, args.data, args.split, args.beam, args.length_penalty, args.out, args.block_repeats
+    )
     for name, scores in report["corpus"].items():
         print(f"{args.split} {name:6s} " + "  ".join(f"{k} {v:.2f}" for k, v in scores.items()))
     if args.out:
@@ -115,6 +118,8 @@ def _caption(args: argparse.Namespace) -> int:
     from captioner.pipeline import Captioner
 
     model = Captioner.load(args.model)
+    alpha = model.tuned.length_penalty if args.length_penalty is None else args.length_penalty
+    block = model.tuned.block_repeats if args.block_repeats is None else args.block_repeats
     results, failed = [], 0
     for path in args.images:
         try:
@@ -124,8 +129,8 @@ def _caption(args: argparse.Namespace) -> int:
             print(f"error: {e}", file=sys.stderr)
             results.append({"image": path, "error": str(e)})
             continue
-        greedy = model.decode(encoded, beam_size=1)[0]
-        beam = model.decode(encoded, beam_size=args.beam, length_penalty=args.length_penalty)[0]
+        greedy = model.decode(encoded, beam_size=1, block_repeats=block)[0]
+        beam = model.decode(encoded, beam_size=args.beam, length_penalty=alpha, block_repeats=block)[0]
         results.append({"image": path, "greedy": {"caption": greedy.text, "log_prob": round(greedy.log_prob, 4)},
                         "beam": {"caption": beam.text, "log_prob": round(beam.log_prob, 4)}})  # fmt: skip
         if not args.json:
@@ -195,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "dev", "test"])
     p.add_argument("--beam", type=int, default=3)
     p.add_argument("--length-penalty", type=float, default=None, help="α (default: the model's tuned value)")
+    p.add_argument("--block-repeats", action=argparse.BooleanOptionalAction, help=BLOCK_HELP)
     p.add_argument("--model", default=None, help="model directory or hf://OWNER/REPO@REV (default: bundled)")
     p.add_argument("--out", default=None, help="write the JSON report here")
     p.set_defaults(handler=_evaluate)
@@ -202,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("caption", help="caption image files (greedy and beam)")
     p.add_argument("images", nargs="+")
     p.add_argument("--beam", type=int, default=3)
-    p.add_argument("--length-penalty", type=float, default=0.7)
+    p.add_argument("--length-penalty", type=float, default=None, help="α (default: the model's tuned value)")
+    p.add_argument("--block-repeats", action=argparse.BooleanOptionalAction, help=BLOCK_HELP)
     p.add_argument("--model", default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=_caption)

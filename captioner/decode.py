@@ -32,7 +32,21 @@ class Caption:
     n_best: list[Caption] = field(default_factory=list)
 
 
-def _search(decoder: CaptionDecoder, features, k, steps, alpha, start_id: int, end_id: int, unk_id: int):
+def _repeated_trigram_words(hist_tok, t, vocab_size):
+    """(B, k, V) True for each word that would repeat a trigram already in its hypothesis (words 0..t-1)."""
+    steps = tf.shape(hist_tok)[2]
+    prev2 = tf.gather(hist_tok, tf.maximum(t - 2, 0), axis=2)[..., None]
+    prev1 = tf.gather(hist_tok, tf.maximum(t - 1, 0), axis=2)[..., None]
+    earlier = tf.range(steps - 2) <= t - 3  # trigrams that end before the word being chosen
+    match = (hist_tok[:, :, :-2] == prev2) & (hist_tok[:, :, 1:-1] == prev1) & earlier
+    where = tf.where(match)  # (n, 3): image, beam, start of the repeated bigram
+    words = tf.gather_nd(hist_tok[:, :, 2:], where)
+    index = tf.concat([tf.cast(where[:, :2], tf.int32), words[:, None]], 1)
+    shape = tf.concat([tf.shape(hist_tok)[:2], [vocab_size]], 0)
+    return tf.scatter_nd(index, tf.ones_like(words), shape) > 0
+
+
+def _search(decoder: CaptionDecoder, features, k, steps, alpha, block_repeats, start_id: int, end_id: int, unk_id: int):
     """Beam search for a batch of feature grids; returns the per-image pools of k finished hypotheses."""
     regions, keys, states = decoder.encode(tf.cast(features, tf.float32))
     b, r = tf.shape(regions)[0], tf.shape(regions)[1]
@@ -68,6 +82,7 @@ def _search(decoder: CaptionDecoder, features, k, steps, alpha, start_id: int, e
         # Never emit <pad>/<start>/<unk>; the last step may only end a caption (no more than `steps - 1` words).
         logp = tf.where(((t < steps - 1) & allowed) | (tf.range(v) == end_id), logp, neg_inf)
         logp = tf.reshape(logp, [b, k, v])
+        logp = tf.where(block_repeats & _repeated_trigram_words(hist_tok, t, v), neg_inf, logp)
         vals, idx = tf.math.top_k(tf.reshape(scores[:, :, None] + logp, [b, k * v]), 2 * k)  # (B, 2k)
         beam, word = idx // v, idx % v  # floor division: the parent beam of each candidate
         word_lp = vals - tf.gather(scores, beam, batch_dims=1)
@@ -109,12 +124,15 @@ class BeamSearch:
         self.decoder, self.vocab, self.grid = decoder, vocab, tuple(grid)
         # Beam size and steps are tensors, so greedy, every beam size and every max length share one trace.
         self._fn = tf.function(
-            lambda f, a, k, steps: _search(decoder, f, k, steps, a, vocab.start_id, vocab.end_id, vocab.unk_id),
+            lambda f, a, k, steps, block_repeats: _search(
+                decoder, f, k, steps, a, block_repeats, vocab.start_id, vocab.end_id, vocab.unk_id
+            ),
             input_signature=[
                 tf.TensorSpec([None, *self.grid, None], tf.float32),  # (B, H, W, C)
                 tf.TensorSpec([], tf.float32),
                 tf.TensorSpec([], tf.int32),
                 tf.TensorSpec([], tf.int32),
+                tf.TensorSpec([], tf.bool),
             ],
             autograph=False,
         )
@@ -126,13 +144,19 @@ class BeamSearch:
         length_penalty: float = 0.7,
         max_length: int = 22,
         batch_size: int = 100,
+        block_repeats: bool = False,
     ) -> list[Caption]:
         """Caption a batch of feature grids (N, H, W, C); returns one Caption (with its n-best) per image."""
         if not 1 <= beam_size <= 20:
             raise ValueError(f"Expected a beam size between 1 and 20. Received: {beam_size}.")
         if not 1 <= max_length <= 100:
             raise ValueError(f"Expected a max length between 1 and 100 words. Received: {max_length}.")
-        settings = (tf.constant(length_penalty, tf.float32), tf.constant(beam_size), tf.constant(max_length + 1))
+        settings = (
+            tf.constant(length_penalty, tf.float32),
+            tf.constant(beam_size),
+            tf.constant(max_length + 1),
+            tf.constant(block_repeats),
+        )
         out: list[Caption] = []
         for start in range(0, len(features), batch_size):
             chunk = tf.convert_to_tensor(np.asarray(features[start : start + batch_size], np.float32))

@@ -348,8 +348,8 @@ def encode_split(model, data, split: str, chunk: int = 32) -> np.ndarray:
     return np.concatenate(feats)
 
 
-def _score(model, features: np.ndarray, refs: list[list[Tokens]], beam_size: int, alpha: float):
-    captions = model.search(features, beam_size, alpha, model.config.max_length)
+def _score(model, features: np.ndarray, refs: list[list[Tokens]], beam_size: int, alpha: float, block: bool):
+    captions = model.search(features, beam_size, alpha, model.config.max_length, block_repeats=block)
     return captions, corpus_metrics([c.tokens for c in captions], refs)
 
 
@@ -360,25 +360,30 @@ def evaluate_split(
     beam_size: int = 3,
     length_penalty: float | None = None,
     out: str | Path | None = None,
+    block_repeats: bool | None = None,
 ) -> dict:
-    """Caption every image of a split from its file (greedy and beam), score it, optionally write the report."""
+    """Caption every image of a split from its file (greedy and beam), score it, optionally write the report.
+
+    α and repeat blocking default to what the model was tuned with on dev (its metrics.json).
+    """
     from captioner.data import load_flickr8k
     from captioner.pipeline import Captioner
 
     model = Captioner.load(model_source)
     data = load_flickr8k(data_dir)
     names = data.images(split)
-    if length_penalty is None:
-        length_penalty = model.metrics.get("decoding", {}).get("length_penalty", 0.7)
+    length_penalty = model.tuned.length_penalty if length_penalty is None else length_penalty
+    block_repeats = model.tuned.block_repeats if block_repeats is None else block_repeats
     features = encode_split(model, data, split)
     refs = [[tokenize(c) for c in data.captions[n]] for n in names]
-    greedy, _ = _score(model, features, refs, 1, length_penalty)
-    beam, _ = _score(model, features, refs, beam_size, length_penalty)
+    greedy, _ = _score(model, features, refs, 1, length_penalty, block_repeats)
+    beam, _ = _score(model, features, refs, beam_size, length_penalty, block_repeats)
     report = build_report(
         model={"id": model.info.source, "config": dataclasses.asdict(model.config),
                "weights_sha256": model.info.weights_sha256},
         split=split,
-        decoding={"beam_size": beam_size, "length_penalty": length_penalty, "max_length": model.config.max_length},
+        decoding={"beam_size": beam_size, "length_penalty": length_penalty, "max_length": model.config.max_length,
+                  "block_repeats": block_repeats},
         image_names=names,
         references=[data.captions[n] for n in names],
         greedy=[c.text for c in greedy],
@@ -392,25 +397,33 @@ def evaluate_split(
 def tune_and_score(
     model, data, beam_size: int = 3, alphas: Sequence[float] = (0.0, 0.3, 0.5, 0.7, 1.0), log=print
 ) -> dict:
-    """Pick the length penalty α on dev (beam BLEU-4), then score greedy / beam k / beam 5 on dev and test."""
+    """Pick α and repeat blocking on dev (beam BLEU-4), then score greedy / beam k / beam 5 on dev and test."""
     feats = {s: encode_split(model, data, s) for s in ("dev", "test")}
     refs = {s: [[tokenize(c) for c in data.captions[n]] for n in data.images(s)] for s in ("dev", "test")}
     search = {}
-    for alpha in alphas:
-        search[alpha] = _score(model, feats["dev"], refs["dev"], beam_size, alpha)[1]["bleu4"]
-        log(f"dev beam {beam_size} α={alpha}: BLEU-4 {search[alpha]:.2f}")
-    best = max(alphas, key=lambda a: search[a])
+    for block in (False, True):
+        for alpha in alphas:
+            search[alpha, block] = _score(model, feats["dev"], refs["dev"], beam_size, alpha, block)[1]["bleu4"]
+            log(f"dev beam {beam_size} α={alpha}{' repeats blocked' if block else ''}: "
+                f"BLEU-4 {search[alpha, block]:.2f}")  # fmt: skip
+    alpha, block = max(search, key=search.get)
     results = {}
     for split in ("dev", "test"):
         results[split] = {
-            name: _score(model, feats[split], refs[split], k, best)[1]
+            name: _score(model, feats[split], refs[split], k, alpha, block)[1]
             for name, k in (("greedy", 1), ("beam", beam_size), ("beam5", 5))
         }
     return {
         "model_id": model.info.source,
         "split": "test",
-        "decoding": {"beam_size": beam_size, "length_penalty": best, "max_length": model.config.max_length},
-        "length_penalty_search_dev_bleu4": {str(a): round(v, 3) for a, v in search.items()},
+        "decoding": {
+            "beam_size": beam_size,
+            "length_penalty": alpha,
+            "max_length": model.config.max_length,
+            "block_repeats": block,
+        },
+        "length_penalty_search_dev_bleu4": {str(a): round(v, 3) for (a, b), v in search.items() if not b},
+        "repeats_blocked_search_dev_bleu4": {str(a): round(v, 3) for (a, b), v in search.items() if b},
         "corpus": results["test"],
         "dev": results["dev"],
     }

@@ -592,10 +592,11 @@ _SCORES = (("bleu1", "BLEU-1"), ("bleu2", "BLEU-2"), ("bleu3", "BLEU-3"), ("bleu
 
 
 def _decoding_label(kind: str, decoding: Mapping[str, object]) -> str:
+    blocked = ", repeated trigrams blocked" if decoding.get("block_repeats") else ""
     if kind == "greedy":
-        return "greedy"
+        return f"greedy{blocked}"
     if kind == "beam":
-        return f"beam {decoding.get('beam_size', '?')}, length penalty {decoding.get('length_penalty', '?')}"
+        return f"beam {decoding.get('beam_size', '?')}, length penalty {decoding.get('length_penalty', '?')}{blocked}"
     return kind
 
 

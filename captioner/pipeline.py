@@ -41,6 +41,28 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class Decoding:
+    """Decoding settings: the ones a model was tuned with on dev (metrics.json), or the usual defaults."""
+
+    beam_size: int = 3
+    length_penalty: float = 0.7
+    block_repeats: bool = False
+
+    @classmethod
+    def from_metrics(cls, metrics: Mapping) -> Decoding:
+        """The `decoding` block of a metrics.json; anything missing or malformed keeps its default."""
+        d = metrics.get("decoding") if isinstance(metrics, Mapping) else None
+        d = d if isinstance(d, Mapping) else {}
+        beam, alpha, block = d.get("beam_size"), d.get("length_penalty"), d.get("block_repeats")
+        default = cls()
+        return cls(
+            beam if isinstance(beam, int) and 1 <= beam <= 20 else default.beam_size,
+            float(alpha) if isinstance(alpha, int | float) and 0.0 <= alpha <= 2.0 else default.length_penalty,
+            block if isinstance(block, bool) else default.block_repeats,
+        )
+
+
+@dataclass(frozen=True)
 class Encoded:
     """Backbone feature grids of a batch of images, ready for decoding."""
 
@@ -63,6 +85,7 @@ class Captioner:
             autograph=False,
         )
         self.metrics = _read_json(info.path / "metrics.json")
+        self.tuned = Decoding.from_metrics(self.metrics)  # what dev chose for this model
 
     @classmethod
     def load(
@@ -115,10 +138,16 @@ class Captioner:
         return Encoded(names, np.concatenate(feats), pixels)
 
     def decode(
-        self, encoded: Encoded, beam_size: int = 1, length_penalty: float = 0.7, max_length: int | None = None
+        self,
+        encoded: Encoded,
+        beam_size: int = 1,
+        length_penalty: float = 0.7,
+        max_length: int | None = None,
+        block_repeats: bool = False,
     ) -> list[Caption]:
-        """Captions for encoded images; beam_size 1 is greedy."""
-        return self.search(encoded.features, beam_size, length_penalty, max_length or self.config.max_length)
+        """Captions for encoded images; beam_size 1 is greedy; `block_repeats` forbids repeating any trigram."""
+        max_length = max_length or self.config.max_length
+        return self.search(encoded.features, beam_size, length_penalty, max_length, block_repeats=block_repeats)
 
     def caption(
         self,
@@ -126,9 +155,10 @@ class Captioner:
         beam_size: int = 1,
         length_penalty: float = 0.7,
         max_length: int | None = None,
+        block_repeats: bool = False,
     ) -> list[Caption]:
         """Encode and decode in one call."""
-        return self.decode(self.encode(images), beam_size, length_penalty, max_length)
+        return self.decode(self.encode(images), beam_size, length_penalty, max_length, block_repeats)
 
 
 def _inference_model(config: ModelConfig, weights_file: Path) -> ImageCaptioner:

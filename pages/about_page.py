@@ -81,7 +81,8 @@ def scores_ui(cap: Captioner) -> None:
     st.dataframe(pd.DataFrame(rows), hide_index=True)
     d = metrics.get("decoding", {})
     st.caption(
-        f"Beam search with k = {d.get('beam_size', '?')}, α = {d.get('length_penalty', '?')}. "
+        f"Beam search with k = {d.get('beam_size', '?')}, α = {d.get('length_penalty', '?')}"
+        f"{', repeated three-word phrases blocked' if d.get('block_repeats') else ''}. "
         "The Test-set BLEU page shows per-image scores."
     )
 

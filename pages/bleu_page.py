@@ -177,7 +177,8 @@ def corpus_ui(report: dict) -> None:
     n = len(report["images"])
     st.markdown(
         f"**{n}** images of the **{report['split']}** split; beam search with k = {d['beam_size']}, "
-        f"α = {d['length_penalty']}, at most {d['max_length']} words. Model `{report['model']['id']}`."
+        f"α = {d['length_penalty']}, at most {d['max_length']} words"
+        f"{', repeated three-word phrases blocked' if d.get('block_repeats') else ''}. Model `{report['model']['id']}`."
     )
     corpus = report["corpus"]
     cols = st.columns(4)
@@ -346,12 +347,12 @@ def report_attention_ui(report: dict, name: str, thumb: Path) -> None:
     if cap is None:
         return
     d = report["decoding"]
-    beam, alpha = int(d["beam_size"]), float(d["length_penalty"])
+    beam, alpha, block = int(d["beam_size"]), float(d["length_penalty"]), bool(d.get("block_repeats", False))
     if report["model"].get("weights_sha256") not in (None, cap.info.weights_sha256):
         st.warning("The loaded model is not the one this report was computed with; its captions may differ.")
     try:
         image, captions = common.remember(
-            "report_attention", (str(thumb), beam, alpha), lambda: _run(cap, thumb, beam, alpha)
+            "report_attention", (str(thumb), beam, alpha, block), lambda: _run(cap, thumb, beam, alpha, block)
         )
     except CaptionerError as e:
         st.error(f"{thumb.name}: {e}")
@@ -364,12 +365,12 @@ def report_attention_ui(report: dict, name: str, thumb: Path) -> None:
     common.attention_ui(image, captions, common.current_settings().opacity, f"report:{name}", Path(name).stem)
 
 
-def _run(cap: Captioner, thumb: Path, beam: int, alpha: float) -> tuple[np.ndarray, dict[str, Caption]]:
+def _run(cap: Captioner, thumb: Path, beam: int, alpha: float, block: bool) -> tuple[np.ndarray, dict[str, Caption]]:
     image = load_image(thumb, thumb.name)
     with common.model_lock():
         encoded = cap.encode([image], [thumb.name])
-        greedy = cap.decode(encoded, beam_size=1, length_penalty=alpha)[0]
-        best = cap.decode(encoded, beam_size=beam, length_penalty=alpha)[0]
+        greedy = cap.decode(encoded, beam_size=1, length_penalty=alpha, block_repeats=block)[0]
+        best = cap.decode(encoded, beam_size=beam, length_penalty=alpha, block_repeats=block)[0]
     return image, {"Greedy": greedy, "Beam": best}
 
 

@@ -204,6 +204,7 @@ def captions_json(results: Sequence[Result], settings: common.Settings, cap: Cap
             "beam_size": settings.beam_size,
             "length_penalty": settings.length_penalty,
             "max_length": cap.config.max_length,
+            "block_repeats": settings.block_repeats,
         },
         "images": images,
     }
@@ -295,7 +296,10 @@ def _is_cached(key: tuple[str, str], settings: common.Settings) -> bool:
         return False
     if isinstance(st.session_state["_cache_photo"][key], str):
         return True
-    return all(common.is_remembered("caption", (*key, k, settings.length_penalty)) for k in (1, settings.beam_size))
+    return all(
+        common.is_remembered("caption", (*key, k, settings.length_penalty, settings.block_repeats))
+        for k in (1, settings.beam_size)
+    )
 
 
 def _caption_one(
@@ -307,8 +311,8 @@ def _caption_one(
         photo = common.remember("photo", key, lambda: _photo_or_error(cap, upload, max_bytes))
         if isinstance(photo, str):
             return Result(name, error=photo)
-        greedy = _decoded(cap, photo, key, 1, settings.length_penalty)
-        beam = _decoded(cap, photo, key, settings.beam_size, settings.length_penalty)
+        greedy = _decoded(cap, photo, key, 1, settings)
+        beam = _decoded(cap, photo, key, settings.beam_size, settings)
         return Result(name, photo, greedy, beam)
     except CaptionerError as e:
         return Result(name, error=f"{name}: {e}")
@@ -327,12 +331,14 @@ def _photo_or_error(cap: Captioner, upload: Upload, max_bytes: int) -> Photo | s
         return str(e)  # load_image and check_size name the file and say what is wrong
 
 
-def _decoded(cap: Captioner, photo: Photo, key: tuple[str, str], beam: int, alpha: float) -> Caption:
+def _decoded(cap: Captioner, photo: Photo, key: tuple[str, str], beam: int, settings: common.Settings) -> Caption:
+    alpha, block = settings.length_penalty, settings.block_repeats
+
     def run() -> Caption:
         with common.model_lock():
-            return cap.decode(photo.encoded, beam_size=beam, length_penalty=alpha)[0]
+            return cap.decode(photo.encoded, beam_size=beam, length_penalty=alpha, block_repeats=block)[0]
 
-    return common.remember("caption", (*key, beam, alpha), run)
+    return common.remember("caption", (*key, beam, alpha, block), run)
 
 
 def summary_ui(results: list[Result], settings: common.Settings, cap: Captioner) -> None:

@@ -58,6 +58,7 @@ class Settings:
     beam_size: int = DEFAULT_BEAM
     length_penalty: float = DEFAULT_ALPHA
     opacity: float = DEFAULT_OPACITY
+    block_repeats: bool = False
 
 
 # ---- where things are ---------------------------------------------------------------------------------------
@@ -242,20 +243,8 @@ def loaded_captioner() -> Captioner | None:
 
 
 def default_beam(cap: Captioner) -> int:
-    """The beam size the model was evaluated with (metrics.json), else 3."""
-    beam = _decoding(cap).get("beam_size", DEFAULT_BEAM)
-    return int(beam) if isinstance(beam, int) and 1 <= beam <= MAX_BEAM else DEFAULT_BEAM
-
-
-def default_alpha(cap: Captioner) -> float:
-    """The length penalty the model was tuned with (metrics.json), else 0.7."""
-    alpha = _decoding(cap).get("length_penalty", DEFAULT_ALPHA)
-    return float(alpha) if isinstance(alpha, int | float) and 0.0 <= alpha <= 2.0 else DEFAULT_ALPHA
-
-
-def _decoding(cap: Captioner) -> dict:
-    decoding = cap.metrics.get("decoding") if isinstance(cap.metrics, dict) else None
-    return decoding if isinstance(decoding, dict) else {}
+    """The beam size the model was evaluated with (metrics.json), else 3; within the slider's range."""
+    return min(cap.tuned.beam_size, MAX_BEAM)
 
 
 # ---- the shared sidebar ---------------------------------------------------------------------------------------
@@ -270,8 +259,11 @@ def settings_ui() -> Settings:
         if st.session_state.get("beam_size", DEFAULT_BEAM) == DEFAULT_BEAM:
             st.session_state["beam_size"] = default_beam(cap)
         if st.session_state.get("length_penalty", DEFAULT_ALPHA) == DEFAULT_ALPHA:
-            st.session_state["length_penalty"] = default_alpha(cap)
+            st.session_state["length_penalty"] = cap.tuned.length_penalty
+        if not st.session_state.get("block_repeats", False):
+            st.session_state["block_repeats"] = cap.tuned.block_repeats
     st.session_state.setdefault("beam_size", DEFAULT_BEAM)
+    st.session_state.setdefault("block_repeats", False)
     st.session_state.setdefault("length_penalty", DEFAULT_ALPHA)
     st.session_state.setdefault("opacity", DEFAULT_OPACITY)
     with st.sidebar:
@@ -288,11 +280,17 @@ def settings_ui() -> Settings:
             help="Beam search ranks finished captions by log p / length^α; higher α favours longer captions, "
             "0 ranks by raw log-probability.",
         )
+        block = st.toggle(
+            "Block repeated phrases",
+            key="block_repeats",
+            help="Never repeat a three-word phrase within a caption (greedy and beam). The model's default is what "
+            "scored best on the dev split.",
+        )
         st.subheader("Display")
         opacity = st.slider(
             "Heatmap opacity", 0.0, 1.0, step=0.05, key="opacity", help="0 shows the photo only, 1 the heatmap only."
         )
-    settings = Settings(int(beam), float(alpha), float(opacity))
+    settings = Settings(int(beam), float(alpha), float(opacity), bool(block))
     st.session_state["_settings"] = settings
     return settings
 

@@ -90,3 +90,18 @@ def test_one_compiled_graph_serves_every_beam_size_length_and_batch(search, feat
 def test_bad_decoding_settings_are_rejected(search, feats, kw):
     with pytest.raises(ValueError, match="Expected"):
         search(feats, **kw)
+
+
+def _trigrams(words: list[str]) -> list[tuple[str, ...]]:
+    return [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
+
+
+def test_blocking_repeats_leaves_no_repeated_trigram_in_any_hypothesis(search, feats):
+    def repeats(captions):
+        return [h.text for c in captions for h in c.n_best if len(set(_trigrams(h.tokens))) < len(_trigrams(h.tokens))]
+
+    assert repeats(search(feats, beam_size=3, max_length=7))  # this random decoder does repeat itself
+    for beam_size in (1, 3):
+        blocked = search(feats, beam_size=beam_size, max_length=7, block_repeats=True)
+        assert repeats(blocked) == []
+        assert all(1 <= len(c.tokens) <= 7 for c in blocked)

@@ -19,6 +19,7 @@ from captioner.features import prepare_image
 from captioner.layers import BahdanauAttention
 from captioner.model import WEIGHTS_FILE, ImageCaptioner, build_decoder
 from captioner.paths import BUNDLED_MODEL_DIR
+from captioner.pipeline import Decoding
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +90,14 @@ def test_a_keras_clear_session_while_the_model_builds_changes_nothing(model, tin
     assert (a.text, round(a.log_prob, 4)) == (b.text, round(b.log_prob, 4))
 
 
+def test_tuned_decoding_comes_from_metrics_and_each_bad_field_falls_back_to_its_default():
+    tuned = {"decoding": {"beam_size": 5, "length_penalty": 0.3, "block_repeats": True, "max_length": 22}}
+    assert Decoding.from_metrics(tuned) == Decoding(beam_size=5, length_penalty=0.3, block_repeats=True)
+    odd = {"decoding": {"beam_size": "5", "length_penalty": 9.0, "block_repeats": 1}}
+    assert Decoding.from_metrics(odd) == Decoding() == Decoding.from_metrics({}) == Decoding.from_metrics([])
+    assert Decoding.from_metrics({"decoding": {"length_penalty": 1}}) == Decoding(length_penalty=1.0)
+
+
 def test_bad_image_names_the_file(model):
     with pytest.raises(ImageError, match=r"^broken\.png: not a recognised image"):
         model.encode([b"not an image"], names=["broken.png"])
@@ -109,7 +118,10 @@ def test_caption_command_captions_good_files_and_reports_bad_ones(tiny_model_dir
     good.write_bytes(photo_bytes)
     bad.write_bytes(b"GIF89a but not really")
     empty.write_bytes(b"")
-    proc = _cli("caption", str(good), str(bad), str(empty), "--json", "--beam", "2", "--model", str(tiny_model_dir))
+    proc = _cli(
+        "caption", str(good), str(bad), str(empty), "--json", "--beam", "2", "--block-repeats",
+        "--model", str(tiny_model_dir),
+    )  # fmt: skip
     assert proc.returncode == 1
     out = json.loads(proc.stdout)
     assert [set(e) for e in out] == [{"image", "greedy", "beam"}, {"image", "error"}, {"image", "error"}]
