@@ -394,25 +394,31 @@ def evaluate_split(
     return report
 
 
+def _setting(beam_size: int, alpha: float, block: bool) -> str:
+    return f"beam {beam_size} α={alpha}{' repeats blocked' if block else ''}"
+
+
 def tune_and_score(
-    model, data, beam_size: int = 3, alphas: Sequence[float] = (0.0, 0.3, 0.5, 0.7, 1.0), log=print
+    model, data, beam_sizes: Sequence[int] = (3, 5), alphas: Sequence[float] = (0.0, 0.3, 0.5, 0.7, 1.0), log=print
 ) -> dict:
-    """Pick α and repeat blocking on dev (beam BLEU-4), then score greedy / beam k / beam 5 on dev and test."""
+    """Pick beam size, α and repeat blocking on dev (BLEU-4), then score greedy and each beam size on dev and test.
+
+    Results: "greedy", "beam" (the chosen size) and "beam<k>" for every other size, all with the chosen α and blocking.
+    """
     feats = {s: encode_split(model, data, s) for s in ("dev", "test")}
     refs = {s: [[tokenize(c) for c in data.captions[n]] for n in data.images(s)] for s in ("dev", "test")}
     search = {}
-    for block in (False, True):
-        for alpha in alphas:
-            search[alpha, block] = _score(model, feats["dev"], refs["dev"], beam_size, alpha, block)[1]["bleu4"]
-            log(f"dev beam {beam_size} α={alpha}{' repeats blocked' if block else ''}: "
-                f"BLEU-4 {search[alpha, block]:.2f}")  # fmt: skip
-    alpha, block = max(search, key=search.get)
-    results = {}
-    for split in ("dev", "test"):
-        results[split] = {
-            name: _score(model, feats[split], refs[split], k, alpha, block)[1]
-            for name, k in (("greedy", 1), ("beam", beam_size), ("beam5", 5))
-        }
+    for k in beam_sizes:
+        for block in (False, True):
+            for alpha in alphas:
+                search[k, alpha, block] = _score(model, feats["dev"], refs["dev"], k, alpha, block)[1]["bleu4"]
+                log(f"dev {_setting(k, alpha, block)}: BLEU-4 {search[k, alpha, block]:.2f}")
+    beam_size, alpha, block = max(search, key=search.get)
+    runs = {"greedy": 1, "beam": beam_size, **{f"beam{k}": k for k in beam_sizes if k != beam_size}}
+    results = {
+        split: {name: _score(model, feats[split], refs[split], k, alpha, block)[1] for name, k in runs.items()}
+        for split in ("dev", "test")
+    }
     return {
         "model_id": model.info.source,
         "split": "test",
@@ -422,8 +428,7 @@ def tune_and_score(
             "max_length": model.config.max_length,
             "block_repeats": block,
         },
-        "length_penalty_search_dev_bleu4": {str(a): round(v, 3) for (a, b), v in search.items() if not b},
-        "repeats_blocked_search_dev_bleu4": {str(a): round(v, 3) for (a, b), v in search.items() if b},
+        "dev_search_bleu4": {_setting(*key): round(value, 3) for key, value in search.items()},
         "corpus": results["test"],
         "dev": results["dev"],
     }

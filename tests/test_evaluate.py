@@ -382,3 +382,25 @@ def test_human_reference_against_the_other_four_matches_published_bleu() -> None
         print(f"human caption {held_out} vs the other four:", {k: round(v, 2) for k, v in metrics.items()})
         assert 18.7 <= metrics["bleu4"] <= 23.6
         assert metrics["bleu1"] > metrics["bleu2"] > metrics["bleu3"] > metrics["bleu4"]
+
+
+def test_tune_and_score_keeps_the_best_dev_setting_and_scores_every_beam_size(tiny_model_dir, photo_bytes, tmp_path):
+    from captioner.data import Flickr8k
+    from captioner.evaluate import tune_and_score
+    from captioner.pipeline import Captioner
+
+    names = [f"{i}.jpg" for i in range(4)]
+    for name in names:
+        (tmp_path / name).write_bytes(photo_bytes)
+    captions = {n: ["a dog runs on the grass", "a brown dog is running"] for n in names}
+    data = Flickr8k(tmp_path, tmp_path, captions, {"dev": names[:2], "test": names[2:]})
+    lines = []
+    metrics = tune_and_score(Captioner.load(str(tiny_model_dir)), data, (1, 2), (0.0, 1.0), log=lines.append)
+    d = metrics["decoding"]
+    assert len(metrics["dev_search_bleu4"]) == len(lines) == 8  # 2 beam sizes × 2 α × blocking on/off
+    assert metrics["dev_search_bleu4"][
+        f"beam {d['beam_size']} α={d['length_penalty']}{' repeats blocked' if d['block_repeats'] else ''}"
+    ] == max(metrics["dev_search_bleu4"].values())
+    other = 3 - d["beam_size"]
+    assert set(metrics["corpus"]) == set(metrics["dev"]) == {"greedy", "beam", f"beam{other}"}
+    assert metrics["dev"]["beam"]["bleu4"] == pytest.approx(max(metrics["dev_search_bleu4"].values()), abs=1e-3)
