@@ -595,9 +595,10 @@ def _decoding_label(kind: str, decoding: Mapping[str, object]) -> str:
     blocked = ", repeated trigrams blocked" if decoding.get("block_repeats") else ""
     if kind == "greedy":
         return f"greedy{blocked}"
-    if kind == "beam":
-        return f"beam {decoding.get('beam_size', '?')}, length penalty {decoding.get('length_penalty', '?')}{blocked}"
-    return kind
+    if not kind.startswith("beam"):
+        return kind
+    size = decoding.get("beam_size", "?") if kind == "beam" else kind.removeprefix("beam")  # "beam3": beam size 3
+    return f"beam {size}, length penalty {decoding.get('length_penalty', '?')}{blocked}"
 
 
 def _score(value: object, key: str) -> str:
@@ -714,6 +715,7 @@ def model_card(model_dir: str | os.PathLike[str], repo_id: str | None = None) ->
 
     beam = decoding.get("beam_size", 3)
     penalty = decoding.get("length_penalty", 0.7)
+    block = decoding.get("block_repeats") is True
     max_length = config.get("max_length") or decoding.get("max_length")
     sections = [
         f"# Captioner — {model_id}",
@@ -738,12 +740,15 @@ def model_card(model_dir: str | os.PathLike[str], repo_id: str | None = None) ->
         f"Captions are decoded with beam search: beam size {beam}, length penalty {penalty} (finished captions "
         f"ranked by log-probability / length^{penalty})"
         + (f", at most {max_length} words" if max_length else "")
-        + ". Beam size 1 is greedy decoding.",
+        + (", and no three-word phrase repeated within a caption (greedy too)" if block else "")
+        + ". Beam size 1 is greedy decoding. The settings were chosen on the dev split.",
         "## How to use",
         "Install the `captioner` package, then load this model by its Hub address. Pin a commit SHA — a branch "
         "or tag works but can move, and `captioner` says so:",
         f'```python\nfrom captioner import Captioner\n\ncap = Captioner.load("hf://{repo}@COMMIT_SHA")\n'
-        f'print(cap.caption(["photo.jpg"], beam_size={beam})[0].text)\nprint(cap.info)  # source, commit, '
+        f'print(cap.caption(["photo.jpg"], beam_size={beam}, length_penalty={penalty}'
+        + (", block_repeats=True" if block else "")
+        + ")[0].text)\nprint(cap.info)  # source, commit, "
         "weights sha256\n```",
         f"The command line and the app take the same address: `--model hf://{repo}@COMMIT_SHA`, or "
         f"`CAPTIONER_MODEL=hf://{repo}@COMMIT_SHA`. Files are downloaded once into the Hugging Face cache and "
