@@ -17,7 +17,6 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -45,7 +44,7 @@ LOADING_MESSAGE = "Loading the captioning model (once per server start)…"
 _CACHE_LIMIT = 64  # results kept per session and kind (photos, captions, figures)
 _MODEL_LOCK = threading.RLock()  # this module is imported once per server process
 # Keras imports these when it is imported, for things the app never asks of it (IPython display, pandas inputs,
-# pyplot image galleries; our figures use matplotlib without pyplot): ~0.8 CPU-s of a cold start.
+# pyplot image galleries; our figures use matplotlib without pyplot): ~0.6 of the 3.7 CPU-s Keras takes to import.
 _KERAS_EXTRAS = frozenset({"IPython", "pandas", "matplotlib.pyplot"})
 
 T = TypeVar("T")
@@ -133,8 +132,9 @@ class ModelLoader:
                 LOG.exception("the model failed to load")
             self._future.set_exception(e)
         else:
+            # matplotlib's first figure (~0.35 CPU-s) is left to the first heatmap: warming it up here competed
+            # with the first caption for the GIL (bench/app_memory.py: first captions ~0.4 s later).
             self._future.set_result(cap)
-            _warm_figures()
 
     def done(self) -> bool:
         """Whether loading has finished (or failed)."""
@@ -181,15 +181,6 @@ def _collector_paused() -> Iterator[None]:
         gc.freeze()
         if collecting:
             gc.enable()
-
-
-def _warm_figures() -> None:
-    """Import matplotlib and build its font cache off the critical path, so the first heatmap comes quickly."""
-    caption = SimpleNamespace(tokens=["warm"], token_log_probs=np.zeros(2), attention=np.full((1, 2, 2), 0.25))
-    try:
-        viz.to_png(viz.attention_grid(np.zeros((8, 8, 3), np.uint8), caption))
-    except Exception:  # only a warm-up: a real failure shows where the figure is drawn
-        LOG.exception("figure warm-up failed")
 
 
 @st.cache_resource(show_spinner=False)
