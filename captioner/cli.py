@@ -118,6 +118,7 @@ def _caption(args: argparse.Namespace) -> int:
     from captioner.pipeline import Captioner
 
     model = Captioner.load(args.model)
+    k = model.tuned.beam_size if args.beam is None else args.beam
     alpha = model.tuned.length_penalty if args.length_penalty is None else args.length_penalty
     block = model.tuned.block_repeats if args.block_repeats is None else args.block_repeats
     results, failed = [], 0
@@ -130,11 +131,11 @@ def _caption(args: argparse.Namespace) -> int:
             results.append({"image": path, "error": str(e)})
             continue
         greedy = model.decode(encoded, beam_size=1, block_repeats=block)[0]
-        beam = model.decode(encoded, beam_size=args.beam, length_penalty=alpha, block_repeats=block)[0]
+        beam = model.decode(encoded, beam_size=k, length_penalty=alpha, block_repeats=block)[0]
         results.append({"image": path, "greedy": {"caption": greedy.text, "log_prob": round(greedy.log_prob, 4)},
                         "beam": {"caption": beam.text, "log_prob": round(beam.log_prob, 4)}})  # fmt: skip
         if not args.json:
-            print(f"{path}\n  greedy: {greedy.text}\n  beam {args.beam}: {beam.text}")
+            print(f"{path}\n  greedy: {greedy.text}\n  beam {k}: {beam.text}")
     if args.json:
         print(json.dumps(results, indent=2))
     return 1 if failed else 0
@@ -207,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("caption", help="caption image files (greedy and beam)")
     p.add_argument("images", nargs="+")
-    p.add_argument("--beam", type=int, default=3)
+    p.add_argument("--beam", type=int, default=None, help="beam size (default: the model's tuned value)")
     p.add_argument("--length-penalty", type=float, default=None, help="α (default: the model's tuned value)")
     p.add_argument("--block-repeats", action=argparse.BooleanOptionalAction, help=BLOCK_HELP)
     p.add_argument("--model", default=None)
