@@ -118,9 +118,9 @@ def _caption(args: argparse.Namespace) -> int:
     from captioner.pipeline import Captioner
 
     model = Captioner.load(args.model)
-    k = model.tuned.beam_size if args.beam is None else args.beam
-    alpha = model.tuned.length_penalty if args.length_penalty is None else args.length_penalty
-    block = model.tuned.block_repeats if args.block_repeats is None else args.block_repeats
+    d = model.tuned.overridden(
+        beam_size=args.beam, length_penalty=args.length_penalty, block_repeats=args.block_repeats
+    )
     results, failed = [], 0
     for path in args.images:
         try:
@@ -130,12 +130,12 @@ def _caption(args: argparse.Namespace) -> int:
             print(f"error: {e}", file=sys.stderr)
             results.append({"image": path, "error": str(e)})
             continue
-        greedy = model.decode(encoded, beam_size=1, block_repeats=block)[0]
-        beam = model.decode(encoded, beam_size=k, length_penalty=alpha, block_repeats=block)[0]
+        greedy = model.decode(encoded, beam_size=1, block_repeats=d.block_repeats)[0]
+        beam = model.decode(encoded, d.beam_size, d.length_penalty, block_repeats=d.block_repeats)[0]
         results.append({"image": path, "greedy": {"caption": greedy.text, "log_prob": round(greedy.log_prob, 4)},
                         "beam": {"caption": beam.text, "log_prob": round(beam.log_prob, 4)}})  # fmt: skip
         if not args.json:
-            print(f"{path}\n  greedy: {greedy.text}\n  beam {k}: {beam.text}")
+            print(f"{path}\n  greedy: {greedy.text}\n  beam {d.beam_size}: {beam.text}")
     if args.json:
         print(json.dumps(results, indent=2))
     return 1 if failed else 0

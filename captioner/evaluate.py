@@ -372,18 +372,17 @@ def evaluate_split(
     model = Captioner.load(model_source)
     data = load_flickr8k(data_dir)
     names = data.images(split)
-    length_penalty = model.tuned.length_penalty if length_penalty is None else length_penalty
-    block_repeats = model.tuned.block_repeats if block_repeats is None else block_repeats
+    d = model.tuned.overridden(length_penalty=length_penalty, block_repeats=block_repeats)
     features = encode_split(model, data, split)
     refs = [[tokenize(c) for c in data.captions[n]] for n in names]
-    greedy, _ = _score(model, features, refs, 1, length_penalty, block_repeats)
-    beam, _ = _score(model, features, refs, beam_size, length_penalty, block_repeats)
+    greedy, _ = _score(model, features, refs, 1, d.length_penalty, d.block_repeats)
+    beam, _ = _score(model, features, refs, beam_size, d.length_penalty, d.block_repeats)
     report = build_report(
         model={"id": model.info.source, "config": dataclasses.asdict(model.config),
                "weights_sha256": model.info.weights_sha256},
         split=split,
-        decoding={"beam_size": beam_size, "length_penalty": length_penalty, "max_length": model.config.max_length,
-                  "block_repeats": block_repeats},
+        decoding={"beam_size": beam_size, "length_penalty": d.length_penalty, "max_length": model.config.max_length,
+                  "block_repeats": d.block_repeats},
         image_names=names,
         references=[data.captions[n] for n in names],
         greedy=[c.text for c in greedy],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import keras
@@ -60,6 +60,10 @@ class Decoding:
             float(alpha) if isinstance(alpha, int | float) and 0.0 <= alpha <= 2.0 else default.length_penalty,
             block if isinstance(block, bool) else default.block_repeats,
         )
+
+    def overridden(self, **settings) -> Decoding:
+        """These settings, with each given value that is not None in place of its own (command-line overrides)."""
+        return replace(self, **{name: value for name, value in settings.items() if value is not None})
 
 
 @dataclass(frozen=True)

@@ -82,7 +82,7 @@ def scores_ui(cap: Captioner) -> None:
     d = metrics.get("decoding", {})
     st.caption(
         f"Beam search with k = {d.get('beam_size', '?')}, α = {d.get('length_penalty', '?')}"
-        f"{', repeated three-word phrases blocked' if d.get('block_repeats') else ''}. "
+        f"{common.blocked_note(d)}. "
         "The Test-set BLEU page shows per-image scores."
     )
 

@@ -178,7 +178,7 @@ def corpus_ui(report: dict) -> None:
     st.markdown(
         f"**{n}** images of the **{report['split']}** split; beam search with k = {d['beam_size']}, "
         f"α = {d['length_penalty']}, at most {d['max_length']} words"
-        f"{', repeated three-word phrases blocked' if d.get('block_repeats') else ''}. Model `{report['model']['id']}`."
+        f"{common.blocked_note(d)}. Model `{report['model']['id']}`."
     )
     corpus = report["corpus"]
     cols = st.columns(4)

@@ -233,6 +233,11 @@ def loaded_captioner() -> Captioner | None:
         return None
 
 
+def blocked_note(decoding: Mapping) -> str:
+    """ ", repeated three-word phrases blocked" when a decoding block (metrics or report) says so, else ""."""
+    return ", repeated three-word phrases blocked" if decoding.get("block_repeats") else ""
+
+
 def default_beam(cap: Captioner) -> int:
     """The beam size the model was evaluated with (metrics.json), else 3; within the slider's range."""
     return min(cap.tuned.beam_size, MAX_BEAM)
