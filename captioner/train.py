@@ -104,6 +104,11 @@ class Trainer:
         self.scst_optimizer = keras.optimizers.Adam(
             train_config.scst_learning_rate, global_clipnorm=train_config.clip_norm
         )
+        # Decaying to zero over the self-critical epochs: at a constant rate the greedy captions degrade
+        # (dropped prepositions, loops) by the third epoch while the sampled reward still rises. Each step
+        # assigns the rate (rather than handing Adam the schedule) so checkpoints keep their layout.
+        scst_steps = max(1, train_config.scst_epochs * (n_train // train_config.batch_images))
+        self.scst_schedule = keras.optimizers.schedules.CosineDecay(train_config.scst_learning_rate, scst_steps)
         self.scst_optimizer.build(self.decoder.trainable_variables)
         self.epoch = tf.Variable(0, dtype=tf.int64)
         self.best = tf.Variable(-1.0, dtype=tf.float64)
@@ -123,6 +128,8 @@ class Trainer:
         self.train_step = tf.function(self._train_step, input_signature=[feats, tokens])
         self.scst_step = tf.function(self._scst_step, input_signature=[feats, tokens, tf.TensorSpec([None, None])])
         self.sample = tf.function(self._sample, input_signature=[feats])
+        ids = tf.range(model_config.vocab_size)
+        self.sampleable = (ids > vocab.unk_id) | (ids == vocab.end_id)  # as in beam search: no <pad> <start> <unk>
 
     def loss(self, features, tokens, training: bool):
         """Label-smoothed masked cross-entropy + doubly stochastic attention penalty."""
@@ -176,11 +183,10 @@ class Trainer:
         states = tuple(tf.repeat(s, n, axis=0) for s in states)  # step() returns a tuple
         token = tf.fill([tf.shape(regions)[0]], vocab.start_id)
         finished = tf.zeros_like(token, tf.bool)
-        ids = tf.range(self.model_config.vocab_size)
         out = tf.TensorArray(tf.int32, size=steps)
         for t in tf.range(steps):
             logp, _, states = self.decoder.step(token, states, regions, keys)
-            allowed = ((ids > vocab.unk_id) & (t < steps - 1)) | (ids == vocab.end_id)  # as in beam search
+            allowed = tf.where(t < steps - 1, self.sampleable, tf.range(self.model_config.vocab_size) == vocab.end_id)
             word = tf.cast(tf.random.categorical(tf.where(allowed, logp, -1e9), 1)[:, 0], tf.int32)
             word = tf.where(finished, vocab.pad_id, word)
             out = out.write(t, word)
@@ -191,11 +197,13 @@ class Trainer:
     def _scst_step(self, features, tokens, advantage):
         """Policy gradient: raise the log-probability of samples that beat the others' mean CIDEr-D."""
         with tf.GradientTape() as tape:
-            logits, _ = self.decoder(features, tokens[:, :, :-1], training=False)  # the policy that sampled
+            logits, _ = self.decoder(features, tokens[:, :, :-1], training=False)
+            logits = tf.where(self.sampleable, logits, -1e9)  # the policy that sampled, over the words it could pick
             targets = tokens[:, :, 1:]
             logp = tf.gather(tf.nn.log_softmax(logits), targets, batch_dims=3) * tf.cast(targets > 0, tf.float32)
             loss = -tf.reduce_mean(advantage * tf.reduce_sum(logp, -1))
         grads = tape.gradient(loss, self.decoder.trainable_variables)
+        self.scst_optimizer.learning_rate.assign(self.scst_schedule(self.scst_optimizer.iterations))
         self.scst_optimizer.apply(grads, self.decoder.trainable_variables)
         if self.config.scst_ema_decay:
             self._update_average(self.config.scst_ema_decay)
@@ -233,7 +241,6 @@ class Trainer:
         if self.manager.latest_checkpoint:
             self.checkpoint.restore(self.manager.latest_checkpoint)
             log(f"resumed from {self.manager.latest_checkpoint} at epoch {int(self.epoch)}")
-        rng = np.random.default_rng(self.config.seed + int(self.epoch))
         best_file = self.run_dir / "best.weights.h5"
         while True:
             scst = int(self.scst_start) >= 0
@@ -255,6 +262,7 @@ class Trainer:
             ):
                 break
             t0 = time.time()
+            rng = np.random.default_rng(self.config.seed + int(self.epoch))  # per epoch: a resumed run matches
             bar = lambda items: tqdm(items, desc=f"epoch {int(self.epoch) + 1}", unit="batch", leave=False)  # noqa: E731
             if scst:
                 rewards = self.scst_epoch(train_feats, reward, rng, bar)
@@ -317,7 +325,7 @@ def prepare_run(
         (run_dir / "train.json").write_text(json.dumps(dataclasses.asdict(train_config), indent=2))
     log(f"vocabulary {len(vocab)} words (min count {train_config.min_count}); max length {model_config.max_length}")
     trainer = Trainer(run_dir, model_config, train_config, vocab, len(train_names))
-    if train_config.glove != "none" and int(trainer.epoch) == 0:
+    if train_config.glove != "none" and not trainer.manager.latest_checkpoint:  # a resumed run restores its own
         vectors = glove.load_glove(train_config.glove, set(vocab.words))
         emb = glove.embedding_matrix(vocab, vectors, seed=train_config.seed)
         if emb.matrix.shape[1] != model_config.embed_dim:

@@ -20,14 +20,16 @@ CAPTIONS = {
 }
 
 
-def _tiny(tmp_path, epochs: int, ema_decay: float = 0.0, scst_ema_decay: float = 0.0, budget: float = 58.0):
+def _tiny(tmp_path, epochs: int, ema_decay: float = 0.0, scst_ema_decay: float = 0.0, budget: float = 58.0,
+          scst_epochs: int = 0):  # fmt: skip
     names = list(CAPTIONS)
     data = Flickr8k(tmp_path, tmp_path, {n: [c] * 5 for n, c in CAPTIONS.items()}, {"train": names})
     vocab = Vocabulary.build(CAPTIONS.values(), min_count=1)
     config = ModelConfig(grid=(2, 2), feature_channels=8, vocab_size=len(vocab), max_length=8, embed_dim=16,
                          units=48, feature_dim=32, attention_units=16, dropout=0.0)  # fmt: skip
     train = TrainConfig(epochs=epochs, batch_images=2, learning_rate=1e-2, warmup_steps=0, label_smoothing=0.0,
-                        ema_decay=ema_decay, scst_ema_decay=scst_ema_decay, time_budget_minutes=budget)  # fmt: skip
+                        ema_decay=ema_decay, scst_ema_decay=scst_ema_decay, time_budget_minutes=budget,
+                        scst_epochs=scst_epochs)  # fmt: skip
     trainer = Trainer(tmp_path / "run", config, train, vocab, n_train=len(names))
     features = np.random.default_rng(0).normal(0, 1, (len(names), 2, 2, 8)).astype(np.float16)
     tokens = caption_tokens(data, names, vocab, config.max_length, seed=0)
@@ -91,6 +93,30 @@ def test_self_critical_average_follows_only_the_self_critical_steps(tmp_path):
     assert changed
     for i in changed:  # decay 0.5 after one step: halfway between the start and the new weights
         np.testing.assert_allclose(averaged[i], (before[i] + after[i]) / 2, rtol=1e-5, atol=1e-6)
+
+
+def test_self_critical_step_leaves_the_words_sampling_never_picks_alone(tmp_path):
+    trainer, features, tokens, vocab, _ = _tiny(tmp_path, epochs=3)
+    kernel, bias = (w.numpy() for w in trainer.decoder.logits.weights)
+    samples = tokens[:, :, :6]
+    # Every sample scored below its peers: without the mask, the mass taken from them would go to these words too.
+    trainer.scst_step(features, samples, -np.ones(samples.shape[:2], np.float32))
+    new_kernel, new_bias = (w.numpy() for w in trainer.decoder.logits.weights)
+    never = [vocab.pad_id, vocab.start_id, vocab.unk_id]
+    np.testing.assert_array_equal(new_kernel[:, never], kernel[:, never])
+    np.testing.assert_array_equal(new_bias[never], bias[never])
+    assert not np.allclose(new_kernel[:, vocab.end_id], kernel[:, vocab.end_id])  # <end> is sampled; it learns
+
+
+def test_self_critical_learning_rate_decays_to_zero_over_its_epochs(tmp_path):
+    trainer, features, tokens, _, _ = _tiny(tmp_path, epochs=3, scst_epochs=3)  # 3 epochs × 2 batches
+    samples = tokens[:, :, :6]
+    rates = []
+    for _ in range(6):
+        trainer.scst_step(features, samples, np.ones(samples.shape[:2], np.float32))
+        rates.append(float(trainer.scst_optimizer.learning_rate))  # the rate this step used
+    assert rates[0] == pytest.approx(2e-5) and rates[3] == pytest.approx(1e-5) and rates[5] < 2e-6
+    assert rates == sorted(rates, reverse=True)
 
 
 def test_caption_reward_adds_weighted_sentence_bleu4_to_cider():
