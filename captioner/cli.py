@@ -76,6 +76,7 @@ def _train(args: argparse.Namespace) -> int:
         attention_penalty=args.attention_penalty, patience=args.patience, min_count=args.min_count,
         seed=args.seed, glove=args.glove, time_budget_minutes=args.time_budget, scst_epochs=args.scst_epochs,
         scst_learning_rate=args.scst_lr, scst_ema_decay=args.scst_ema, scst_bleu_weight=args.scst_bleu,
+        scst_select_beam=args.scst_select_beam,
     )  # fmt: skip
     overrides = {"units": args.units, "feature_dim": args.units, "attention_units": args.attention_units,
                  "dropout": args.dropout, "attention_gate": not args.no_gate,
@@ -188,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scst-lr", type=float, default=2e-5)
     p.add_argument("--scst-ema", type=float, default=0.0, help="self-critical weight moving-average decay (0 = off)")
     p.add_argument("--scst-bleu", type=float, default=0.0, help="self-critical reward: CIDEr-D + this × BLEU-4 (0..1)")
+    p.add_argument("--scst-select-beam", type=int, default=5, help="dev beam size that picks SCST epochs")
     p.set_defaults(handler=_train)
 
     p = sub.add_parser("export", help="bundle a run's best decoder with its backbone into a model directory")

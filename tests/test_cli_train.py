@@ -54,7 +54,8 @@ def test_features_train_resume_self_critical_and_export(tmp_path, tiny_dataset, 
     assert cli.main([*train, "--epochs", "2", "--scst-epochs", "1"]) == 0
     log = (run / "train.log").read_text()
     assert "resumed from" in log and "epoch 2: loss" in log and "dev BLEU-4" in log
-    assert "self-critical training" in log and "epoch 3: scst: sampled reward" in log
+    assert "self-critical training" in log and "beam 5 (the bar from here on)" in log
+    assert "epoch 3: scst: sampled reward" in log
     assert json.loads((run / "config.json").read_text())["backbone"] == "tiny_cli"
 
     out = tmp_path / "model"
