@@ -256,8 +256,9 @@ class Trainer:
                     avg.assign(var)  # the self-critical average (if any) starts from there
                 self.scst_start.assign(self.epoch)
                 self.bad_epochs.assign(0)
-                greedy = float(self.best)
+                greedy, t0 = float(self.best), time.time()
                 self.best.assign(self.dev_bleu4(dev_feats, dev_refs))  # the bar, rescored as this phase decodes
+                self.elapsed.assign_add(time.time() - t0)  # part of the run's time budget too
                 reward_name = "CIDEr-D" + (f" + {w:g} × BLEU-4" if (w := self.config.scst_bleu_weight) else "")
                 log(
                     f"self-critical training ({reward_name} reward) from the best epoch, dev BLEU-4 {greedy:.2f} "
