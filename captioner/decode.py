@@ -32,6 +32,12 @@ class Caption:
     n_best: list[Caption] = field(default_factory=list)
 
 
+def emittable_words(vocab_size: int, unk_id: int, end_id: int, last_step: bool | tf.Tensor = False) -> tf.Tensor:
+    """(V,) True for the words a caption may take next: never <pad>/<start>/<unk>; on its last step only <end>."""
+    ids = tf.range(vocab_size)  # ids 0..3 are <pad> <start> <end> <unk>
+    return ((ids > unk_id) & tf.logical_not(last_step)) | (ids == end_id)
+
+
 def _repeated_trigram_words(hist_tok, t, vocab_size):
     """(B, k, V) True for each word that would repeat a trigram already in its hypothesis (words 0..t-1)."""
     steps = tf.shape(hist_tok)[2]
@@ -66,7 +72,6 @@ def _search(decoder: CaptionDecoder, features, k, steps, alpha, block_repeats, s
     }  # fmt: skip
     done = tf.zeros([b], tf.bool)
     rank_ok = tf.range(2 * k) < k
-    allowed = tf.range(v) > unk_id  # ids 0..3 are <pad> <start> <end> <unk>; <end> is handled separately
 
     def merge(pool, norm, cand):
         """Keep the k best of the pool and the candidates (norm = -inf where a candidate must not enter)."""
@@ -79,8 +84,8 @@ def _search(decoder: CaptionDecoder, features, k, steps, alpha, block_repeats, s
     def step(t, tokens, states, scores, hist_tok, hist_lp, hist_att, pool, done):
         """One word for every live hypothesis: extend, move finished ones to the pool, keep the k best live."""
         logp, att, states = decoder.step(tokens, states, regions, keys)  # (B·k, V), (B·k, R)
-        # Never emit <pad>/<start>/<unk>; the last step may only end a caption (no more than `steps - 1` words).
-        logp = tf.where(((t < steps - 1) & allowed) | (tf.range(v) == end_id), logp, neg_inf)
+        # The last step may only end a caption (no more than `steps - 1` words).
+        logp = tf.where(emittable_words(v, unk_id, end_id, t >= steps - 1), logp, neg_inf)
         logp = tf.reshape(logp, [b, k, v])
         logp = tf.where(block_repeats & _repeated_trigram_words(hist_tok, t, v), neg_inf, logp)
         vals, idx = tf.math.top_k(tf.reshape(scores[:, :, None] + logp, [b, k * v]), 2 * k)  # (B, 2k)

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from captioner import glove
 from captioner.data import Flickr8k
-from captioner.decode import BeamSearch
+from captioner.decode import BeamSearch, emittable_words
 from captioner.evaluate import CiderD, corpus_bleu, sentence_bleu, tokenize
 from captioner.features import FeatureCache
 from captioner.model import CONFIG_FILE, VOCAB_FILE, ModelConfig, build_decoder
@@ -131,8 +131,7 @@ class Trainer:
         self.train_step = tf.function(self._train_step, input_signature=[feats, tokens])
         self.scst_step = tf.function(self._scst_step, input_signature=[feats, tokens, tf.TensorSpec([None, None])])
         self.sample = tf.function(self._sample, input_signature=[feats])
-        ids = tf.range(model_config.vocab_size)
-        self.sampleable = (ids > vocab.unk_id) | (ids == vocab.end_id)  # as in beam search: no <pad> <start> <unk>
+        self.search = BeamSearch(self.decoder, vocab, model_config.grid)  # one trace for every dev decoding
 
     def loss(self, features, tokens, training: bool):
         """Label-smoothed masked cross-entropy + doubly stochastic attention penalty."""
@@ -178,6 +177,9 @@ class Trainer:
             for var, value in zip(self.decoder.trainable_variables, current, strict=True):
                 var.assign(value)
 
+    def _emittable(self, last_step=False):
+        return emittable_words(self.model_config.vocab_size, self.vocab.unk_id, self.vocab.end_id, last_step)
+
     def _sample(self, features):
         """Ancestral sampling of `scst_samples` captions per image: (B, n, L) ids, <end> then <pad>."""
         n, steps, vocab = self.config.scst_samples, self.model_config.max_length + 1, self.vocab
@@ -189,7 +191,7 @@ class Trainer:
         out = tf.TensorArray(tf.int32, size=steps)
         for t in tf.range(steps):
             logp, _, states = self.decoder.step(token, states, regions, keys)
-            allowed = tf.where(t < steps - 1, self.sampleable, tf.range(self.model_config.vocab_size) == vocab.end_id)
+            allowed = self._emittable(t >= steps - 1)  # the words beam search may take too
             word = tf.cast(tf.random.categorical(tf.where(allowed, logp, -1e9), 1)[:, 0], tf.int32)
             word = tf.where(finished, vocab.pad_id, word)
             out = out.write(t, word)
@@ -201,7 +203,7 @@ class Trainer:
         """Policy gradient: raise the log-probability of samples that beat the others' mean CIDEr-D."""
         with tf.GradientTape() as tape:
             logits, _ = self.decoder(features, tokens[:, :, :-1], training=False)
-            logits = tf.where(self.sampleable, logits, -1e9)  # the policy that sampled, over the words it could pick
+            logits = tf.where(self._emittable(), logits, -1e9)  # the policy that sampled, over the words it could pick
             targets = tokens[:, :, 1:]
             logp = tf.gather(tf.nn.log_softmax(logits), targets, batch_dims=3) * tf.cast(targets > 0, tf.float32)
             loss = -tf.reduce_mean(advantage * tf.reduce_sum(logp, -1))
@@ -231,8 +233,9 @@ class Trainer:
     def dev_bleu4(self, features: np.ndarray, references: list[list[list[str]]]) -> float:
         """Decode the dev images (greedy; beam search in the self-critical phase) and return corpus BLEU-4 (percent)."""
         beam = self.config.scst_select_beam if int(self.scst_start) >= 0 else 1
-        search = BeamSearch(self.decoder, self.vocab, self.model_config.grid)
-        captions = search(features, beam_size=beam, max_length=self.model_config.max_length, block_repeats=beam > 1)
+        captions = self.search(
+            features, beam_size=beam, max_length=self.model_config.max_length, block_repeats=beam > 1
+        )
         return corpus_bleu([c.tokens for c in captions], references)["bleu4"]
 
     def fit(self, train_feats, train_tokens, dev_feats, dev_refs, log, reward: CaptionReward | None = None) -> float:
