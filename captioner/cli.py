@@ -94,7 +94,8 @@ def _export(args: argparse.Namespace) -> int:
     from captioner.train import export_run
 
     data = load_flickr8k(args.data) if args.data else None
-    out = export_run(Path(args.run), Path(args.out), data)
+    first, *members = (Path(r) for r in args.run)
+    out = export_run(first, Path(args.out), data, members=members)
     print(f"model written to {out}")
     return 0
 
@@ -193,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_train)
 
     p = sub.add_parser("export", help="bundle a run's best decoder with its backbone into a model directory")
-    p.add_argument("--run", required=True)
+    p.add_argument("--run", required=True, action="append", help="run directory; repeat it to export an ensemble")
     p.add_argument("--out", required=True)
     p.add_argument("--data", help="Flickr8k directory: tune α on dev, score dev/test into metrics.json + model card")
     p.set_defaults(handler=_export)
@@ -201,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="corpus BLEU-1..4 and CIDEr-D on a split, greedy and beam")
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="test", choices=["train", "dev", "test"])
-    p.add_argument("--beam", type=int, default=3)
+    p.add_argument("--beam", type=int, default=None, help="beam size (default: the model's tuned value)")
     p.add_argument("--length-penalty", type=float, default=None, help="α (default: the model's tuned value)")
     p.add_argument("--block-repeats", action=argparse.BooleanOptionalAction, help=BLOCK_HELP)
     p.add_argument("--model", default=None, help="model directory or hf://OWNER/REPO@REV (default: bundled)")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import tensorflow as tf
 
+from captioner.ensemble import EnsembleDecoder
 from captioner.errors import ModelError
 from captioner.model import CaptionDecoder
 from captioner.text import Vocabulary
@@ -52,12 +53,23 @@ def _repeated_trigram_words(hist_tok, t, vocab_size):
     return tf.scatter_nd(index, tf.ones_like(words), shape) > 0
 
 
-def _search(decoder: CaptionDecoder, features, k, steps, alpha, block_repeats, start_id: int, end_id: int, unk_id: int):
+def _search(
+    decoder: CaptionDecoder | EnsembleDecoder,
+    features,
+    k,
+    steps,
+    alpha,
+    block_repeats,
+    start_id: int,
+    end_id: int,
+    unk_id: int,
+):
     """Beam search for a batch of feature grids; returns the per-image pools of k finished hypotheses."""
     regions, keys, states = decoder.encode(tf.cast(features, tf.float32))
-    b, r = tf.shape(regions)[0], tf.shape(regions)[1]
+    b, r = tf.shape(features)[0], tf.shape(features)[1] * tf.shape(features)[2]
     v = decoder.vocab_size
-    regions, keys = tf.repeat(regions, k, axis=0), tf.repeat(keys, k, axis=0)  # (B·k, R, ·)
+    # (B, ...) -> (B·k, ...); an ensemble's regions and keys are one tensor per member, hence the nest.
+    regions, keys = tf.nest.map_structure(lambda x: tf.repeat(x, k, axis=0), (regions, keys))
     states = [tf.repeat(s, k, axis=0) for s in states]
     neg_inf = tf.constant(-np.inf, tf.float32)
     # Only beam 0 is alive at the start, so the first step does not pick k copies of one word.
@@ -123,7 +135,7 @@ def _search(decoder: CaptionDecoder, features, k, steps, alpha, block_repeats, s
 class BeamSearch:
     """Compiled beam search for one decoder: one graph for every beam size, caption length and batch size."""
 
-    def __init__(self, decoder: CaptionDecoder, vocab: Vocabulary, grid: tuple[int, int]):
+    def __init__(self, decoder: CaptionDecoder | EnsembleDecoder, vocab: Vocabulary, grid: tuple[int, int]):
         if decoder.vocab_size != len(vocab):
             raise ModelError(f"Decoder has {decoder.vocab_size} words but the vocabulary {len(vocab)}.")
         self.decoder, self.vocab, self.grid = decoder, vocab, tuple(grid)

@@ -357,14 +357,14 @@ def evaluate_split(
     model_source: str | None,
     data_dir: str | Path,
     split: str = "test",
-    beam_size: int = 3,
+    beam_size: int | None = None,
     length_penalty: float | None = None,
     out: str | Path | None = None,
     block_repeats: bool | None = None,
 ) -> dict:
     """Caption every image of a split from its file (greedy and beam), score it, optionally write the report.
 
-    α and repeat blocking default to what the model was tuned with on dev (its metrics.json).
+    Beam size, α and repeat blocking default to what the model was tuned with on dev (its metrics.json).
     """
     from captioner.data import load_flickr8k
     from captioner.pipeline import Captioner
@@ -372,16 +372,16 @@ def evaluate_split(
     model = Captioner.load(model_source)
     data = load_flickr8k(data_dir)
     names = data.images(split)
-    d = model.tuned.overridden(length_penalty=length_penalty, block_repeats=block_repeats)
+    d = model.tuned.overridden(beam_size=beam_size, length_penalty=length_penalty, block_repeats=block_repeats)
     features = encode_split(model, data, split)
     refs = [[tokenize(c) for c in data.captions[n]] for n in names]
     greedy, _ = _score(model, features, refs, 1, d.length_penalty, d.block_repeats)
-    beam, _ = _score(model, features, refs, beam_size, d.length_penalty, d.block_repeats)
+    beam, _ = _score(model, features, refs, d.beam_size, d.length_penalty, d.block_repeats)
     report = build_report(
         model={"id": model.info.source, "config": dataclasses.asdict(model.config),
                "weights_sha256": model.info.weights_sha256},
         split=split,
-        decoding={"beam_size": beam_size, "length_penalty": d.length_penalty, "max_length": model.config.max_length,
+        decoding={"beam_size": d.beam_size, "length_penalty": d.length_penalty, "max_length": model.config.max_length,
                   "block_repeats": d.block_repeats},
         image_names=names,
         references=[data.captions[n] for n in names],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +16,13 @@ import numpy as np
 from keras import ops
 
 from captioner.errors import ModelError
-from captioner.layers import BahdanauAttention
+from captioner.layers import ATTENTION
 
 CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE = "config.json", "vocab.json", "model.weights.h5"
+ENSEMBLE_FILE = "ensemble.json"  # an ensemble's further decoders: {"members": [{"weights": …, "config": {…}}]}
+MEMBER_WEIGHTS = re.compile(r"decoder\d+\.weights\.h5")  # a further member's decoder-only weights file
+# What every member of an ensemble shares with the model's config.json: one backbone pass feeds them all.
+SHARED_FIELDS = ("backbone", "image_size", "grid", "feature_channels", "vocab_size")
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,7 @@ class ModelConfig:
     dropout: float = 0.5
     attention_gate: bool = True
     image_input: bool = False  # the attention LSTM also reads the mean region at every step (Up-Down)
+    attention: str = "additive"  # or "dot" (scaled dot-product) or "multihead" (4 heads): captioner.layers.ATTENTION
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -63,9 +69,9 @@ class ModelConfig:
 class CaptionDecoder(keras.Model):
     """Feature grid + caption prefix -> next-word logits, with one attention map per step.
 
-    Attention LSTM (words, optionally + the mean region; state from the mean region) -> Bahdanau attention
-    -> language LSTM -> words. The attention LSTM does not see the attended context, so teacher-forced
-    training runs all steps at once.
+    Attention LSTM (words, optionally + the mean region; state from the mean region) -> attention over the regions
+    (additive by default; see `captioner.layers`) -> language LSTM -> words. The attention LSTM does not see the
+    attended context, so teacher-forced training runs all steps at once.
     """
 
     def __init__(
@@ -78,19 +84,23 @@ class CaptionDecoder(keras.Model):
         dropout: float = 0.5,
         attention_gate: bool = True,
         image_input: bool = False,
+        attention: str = "additive",
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if attention not in ATTENTION:
+            raise ModelError(f"Unknown attention {attention!r}; expected one of {sorted(ATTENTION)}.")
         self.vocab_size, self.embed_dim, self.units = vocab_size, embed_dim, units
         self.feature_dim, self.attention_units = feature_dim, attention_units
         self.dropout_rate, self.attention_gate, self.image_input = dropout, attention_gate, image_input
+        self.attention_kind = attention
         self.project = keras.layers.Dense(feature_dim, activation="relu", name="project")
         self.feature_dropout = keras.layers.Dropout(dropout, name="feature_dropout")
         self.init_state = keras.layers.Dense(4 * units, activation="tanh", name="init_state")
         self.embedding = keras.layers.Embedding(vocab_size, embed_dim, name="embedding")
         self.embed_dropout = keras.layers.Dropout(dropout / 2, name="embed_dropout")
         self.attention_lstm = keras.layers.LSTM(units, return_sequences=True, return_state=True, name="attn_lstm")
-        self.attention = BahdanauAttention(attention_units, gate=attention_gate, name="attention")
+        self.attention = ATTENTION[attention](attention_units, gate=attention_gate, name="attention")
         self.language_lstm = keras.layers.LSTM(units, return_sequences=True, return_state=True, name="lang_lstm")
         self.output_dropout = keras.layers.Dropout(dropout, name="output_dropout")
         self.logits = keras.layers.Dense(vocab_size, name="logits")
@@ -153,6 +163,7 @@ class CaptionDecoder(keras.Model):
             "dropout": self.dropout_rate,
             "attention_gate": self.attention_gate,
             "image_input": self.image_input,
+            "attention": self.attention_kind,
         }
 
 
@@ -167,6 +178,7 @@ def build_decoder(config: ModelConfig) -> CaptionDecoder:
         dropout=config.dropout,
         attention_gate=config.attention_gate,
         image_input=config.image_input,
+        attention=config.attention,
         name="decoder",
     )
     decoder.build((None, *config.grid, config.feature_channels))
@@ -251,6 +263,26 @@ def load_weights(model: keras.Model, path: str | Path) -> None:
         ) from e
 
 
+def load_decoder(config: ModelConfig, weights_file: str | Path, weights: dict | None = None) -> CaptionDecoder:
+    """A decoder for `config`, set from the "decoder" part of a weights file (a full model's or a member's)."""
+    weights_file = Path(weights_file)
+    weights = read_weights(weights_file) if weights is None else weights
+    if "decoder" not in weights:
+        raise ModelError(f"Expected a decoder in {weights_file}; received {sorted(weights)}.")
+    decoder = build_decoder(config)
+    # Keras matches the decoder's groups to its layers by attribute, as it saved them, which Streamlit's
+    # keras.backend.clear_session() after each script run cannot upset (it resets the name scopes that variable paths
+    # come from, even mid-build). A weightless stand-in takes the backbone's place, so Keras leaves those groups alone.
+    load_weights(ImageCaptioner(keras.layers.Identity(), decoder), weights_file)
+    saved = sum(map(len, weights["decoder"].values()))
+    if saved != len(decoder.weights):  # Keras loads what the layers ask for and ignores the rest
+        raise ModelError(
+            f"Weights {weights_file} hold {saved} decoder arrays; this model config has {len(decoder.weights)}. "
+            "Are config.json and weights from one run?"
+        )
+    return decoder
+
+
 def save_model_dir(path: str | Path, model: ImageCaptioner, config: ModelConfig, vocab_json: str) -> Path:
     """Write config.json, vocab.json and float16 model.weights.h5 into a model directory."""
     path = Path(path)
@@ -267,3 +299,44 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def member_weights_file(index: int) -> str:
+    """File name of ensemble member `index` (1, 2, …; member 0 lives in model.weights.h5 with the backbone)."""
+    return f"decoder{index}.weights.h5"
+
+
+def save_ensemble(path: str | Path, members: list[tuple[CaptionDecoder, ModelConfig]]) -> None:
+    """Write the further members' decoder weights (float16) and ensemble.json into a model directory."""
+    path = Path(path)
+    entries = []
+    for index, (decoder, config) in enumerate(members, start=1):
+        name = member_weights_file(index)
+        save_weights(ImageCaptioner(keras.layers.Identity(), decoder), path / name)
+        entries.append({"weights": name, "config": dataclasses.asdict(config)})
+    (path / ENSEMBLE_FILE).write_text(json.dumps({"members": entries}, indent=2), encoding="utf-8")
+
+
+def read_ensemble(path: str | Path, config: ModelConfig) -> list[tuple[str, ModelConfig]]:
+    """(weights file name, config) of each further member listed in a model directory's ensemble.json, if any.
+
+    Raises:
+        ModelError: ensemble.json is malformed, names an odd file, or a member does not share the model's backbone,
+            grid or vocabulary.
+    """
+    file = Path(path) / ENSEMBLE_FILE
+    if not file.is_file():
+        return []
+    try:
+        entries = json.loads(file.read_text(encoding="utf-8"))["members"]
+        members = [(str(e["weights"]), ModelConfig.from_dict(dict(e["config"]))) for e in entries]
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise ModelError(f'Cannot read {file}: expected {{"members": [{{"weights", "config"}}, …]}} ({e}).') from e
+    for name, member in members:
+        if not MEMBER_WEIGHTS.fullmatch(name):
+            raise ModelError(f"{file} names {name!r}; expected member files named like decoder1.weights.h5.")
+        if differs := [f for f in SHARED_FIELDS if getattr(member, f) != getattr(config, f)]:
+            raise ModelError(f"{file}: member {name} differs from config.json in {', '.join(differs)}.")
+        if not (Path(path) / name).is_file():
+            raise ModelError(f"{file} lists {name}, which is not in {path}.")
+    return members

@@ -7,22 +7,23 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from captioner import backbones, hub
 from captioner.decode import BeamSearch, Caption
+from captioner.ensemble import EnsembleDecoder
 from captioner.errors import BackboneError, ImageError, ModelError
 from captioner.features import ImageSource, describe, prepare_image
 from captioner.model import (
     CONFIG_FILE,
     VOCAB_FILE,
     WEIGHTS_FILE,
+    CaptionDecoder,
     ImageCaptioner,
     ModelConfig,
-    build_decoder,
-    load_weights,
+    load_decoder,
+    read_ensemble,
     read_weights,
     sha256_file,
 )
@@ -78,10 +79,22 @@ class Encoded:
 class Captioner:
     """A loaded model: images in, captions with attention maps out."""
 
-    def __init__(self, model: ImageCaptioner, config: ModelConfig, vocab: Vocabulary, info: ModelInfo):
-        """`model` holds the decoder and the inference backbone (`backbones.build_inference`), as `load` builds it."""
+    def __init__(
+        self,
+        model: ImageCaptioner,
+        config: ModelConfig,
+        vocab: Vocabulary,
+        info: ModelInfo,
+        members: Sequence[CaptionDecoder] = (),
+    ):
+        """`model` holds the decoder and the inference backbone (`backbones.build_inference`), as `load` builds it.
+
+        `members` are further decoders over the same backbone: decoded with `model.decoder` as one ensemble.
+        """
         self.model, self.config, self.vocab, self.info = model, config, vocab, info
-        self.search = BeamSearch(model.decoder, vocab, config.grid)
+        self.decoders = [model.decoder, *members]
+        decoder = EnsembleDecoder(self.decoders) if members else model.decoder
+        self.search = BeamSearch(decoder, vocab, config.grid)
         # Traced once, without AutoGraph or Keras' predict machinery: quicker to compile on a cold start and to call.
         self._backbone = tf.function(
             lambda images: model.backbone(images, training=False),
@@ -119,9 +132,10 @@ class Captioner:
             raise ModelError(f"{path}: vocab.json has {len(vocab)} words, config.json says {config.vocab_size}.")
         backbones.get(config.backbone)  # an unknown backbone is reported as that, not as weights that do not fit
         model = _inference_model(config, path / WEIGHTS_FILE)
+        members = _ensemble_members(path, config)
         if info is None:
             info = ModelInfo(str(path), path, None, sha256_file(path / WEIGHTS_FILE))
-        return cls(model, config, vocab, info)
+        return cls(model, config, vocab, info, members)
 
     def prepare(self, image: ImageSource, name: str | None = None) -> np.ndarray:
         """Decode and resize one image to the backbone input; raises ImageError naming it."""
@@ -170,17 +184,7 @@ def _inference_model(config: ModelConfig, weights_file: Path) -> ImageCaptioner:
     weights = read_weights(weights_file)  # by layer name: the backbone's arrays are folded into its convs
     if sorted(weights) != ["backbone", "decoder"]:
         raise ModelError(f"Expected a backbone and a decoder in {weights_file}; received {sorted(weights)}.")
-    decoder = build_decoder(config)
-    # Keras matches the decoder's groups to its layers by attribute, as it saved them, which Streamlit's
-    # keras.backend.clear_session() after each script run cannot upset (it resets the name scopes that variable paths
-    # come from, even mid-build). A weightless stand-in takes the backbone's place, so Keras leaves those groups alone.
-    load_weights(ImageCaptioner(keras.layers.Identity(), decoder), weights_file)
-    saved = sum(map(len, weights["decoder"].values()))
-    if saved != len(decoder.weights):  # Keras loads what the layers ask for and ignores the rest
-        raise ModelError(
-            f"Weights {weights_file} hold {saved} decoder arrays; this model config has {len(decoder.weights)}. "
-            "Are config.json and weights from one run?"
-        )
+    decoder = load_decoder(config, weights_file, weights)
     try:
         # BatchNorm folded into the convs (1.2-1.3x faster), built without building the BatchNorm graph first.
         backbone = backbones.build_inference(config.backbone, weights["backbone"])
@@ -189,6 +193,11 @@ def _inference_model(config: ModelConfig, weights_file: Path) -> ImageCaptioner:
             f"Weights {weights_file} do not fit this model config: {e} Are config.json and weights from one run?"
         ) from e
     return ImageCaptioner(backbone, decoder)
+
+
+def _ensemble_members(path: Path, config: ModelConfig) -> list[CaptionDecoder]:
+    """The extra decoders an ensemble directory lists in ensemble.json (none for a single model)."""
+    return [load_decoder(member, path / name) for name, member in read_ensemble(path, config)]
 
 
 def _read_json(path: Path) -> dict:

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +17,10 @@ import tensorflow as tf
 from captioner import glove
 from captioner.data import Flickr8k
 from captioner.decode import BeamSearch, emittable_words
+from captioner.errors import ModelError
 from captioner.evaluate import CiderD, corpus_bleu, sentence_bleu, tokenize
 from captioner.features import FeatureCache
-from captioner.model import CONFIG_FILE, VOCAB_FILE, ModelConfig, build_decoder
+from captioner.model import CONFIG_FILE, VOCAB_FILE, CaptionDecoder, ModelConfig, build_decoder
 from captioner.text import Vocabulary, clean_tokens, length_for_coverage, length_report
 
 CAPTIONS_PER_IMAGE = 5
@@ -357,21 +359,30 @@ def prepare_run(
     return trainer, (train_feats, train_tokens, dev_feats, dev_refs, log, reward)
 
 
-def export_run(run_dir: Path, out: Path, data: Flickr8k | None = None, log=print) -> Path:
+def export_run(run_dir: Path, out: Path, data: Flickr8k | None = None, log=print, members: Sequence[Path] = ()) -> Path:
     """Bundle a run's best decoder with its ImageNet backbone into a self-contained model directory.
 
+    `members`: further runs or model directories (same backbone and vocabulary) whose decoders join it as one
+    ensemble; `run_dir` may be a model directory too (its decoder; the backbone comes from the ImageNet weights).
     With `data`, also tune the length penalty on dev, score dev and test into metrics.json, and write the
     model card and the sha256 manifest (last, so it covers every file).
     """
     from captioner import backbones
-    from captioner.model import ImageCaptioner, save_model_dir
+    from captioner.model import ENSEMBLE_FILE, MEMBER_WEIGHTS, ImageCaptioner, save_ensemble, save_model_dir
 
-    config = ModelConfig.load(run_dir / CONFIG_FILE)
-    vocab = Vocabulary.load(run_dir / VOCAB_FILE)
-    decoder = build_decoder(config)
-    decoder.load_weights(run_dir / "best.weights.h5")
+    config, vocab, decoder = _best_decoder(run_dir)
     model = ImageCaptioner(backbones.build(config.backbone, include_top=False), decoder)
     save_model_dir(out, model, config, vocab.to_json())
+    for stale in [out / ENSEMBLE_FILE, *(f for f in out.iterdir() if MEMBER_WEIGHTS.fullmatch(f.name))]:
+        stale.unlink(missing_ok=True)  # an earlier export's members
+    extra = []
+    for run in members:
+        member_config, member_vocab, member = _best_decoder(run)
+        if member_vocab.words != vocab.words:
+            raise ModelError(f"Run {run} has another vocabulary than {run_dir}; ensemble members must share one.")
+        extra.append((member, member_config))
+    if extra:
+        save_ensemble(out, extra)
     from captioner import hub
 
     if data is not None:
@@ -383,3 +394,17 @@ def export_run(run_dir: Path, out: Path, data: Flickr8k | None = None, log=print
         (out / "README.md").write_text(hub.model_card(out), encoding="utf-8")
     hub.write_manifest(out)
     return out
+
+
+def _best_decoder(run_dir: Path) -> tuple[ModelConfig, Vocabulary, CaptionDecoder]:
+    """The config, vocabulary and decoder of a run's best (kept) weights, or of an exported model directory."""
+    from captioner.model import WEIGHTS_FILE, load_decoder
+
+    config = ModelConfig.load(run_dir / CONFIG_FILE)
+    vocab = Vocabulary.load(run_dir / VOCAB_FILE)
+    if (run_dir / "best.weights.h5").is_file():
+        decoder = build_decoder(config)
+        decoder.load_weights(run_dir / "best.weights.h5")
+    else:  # a model directory: its decoder, without the backbone it is saved with
+        decoder = load_decoder(config, run_dir / WEIGHTS_FILE)
+    return config, vocab, decoder

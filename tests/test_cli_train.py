@@ -65,6 +65,21 @@ def test_features_train_resume_self_critical_and_export(tmp_path, tiny_dataset, 
     caption = model.caption([np.full((30, 40, 3), 200, np.uint8)])[0]
     assert set(caption.tokens) <= {"a", "red", "blue", "green", "square"}
 
+    # An ensemble: the exported model's decoder (a model directory) + a second run with another seed.
+    run2 = tmp_path / "run2"
+    assert cli.main([*[str(run2) if a == str(run) else a for a in train], "--epochs", "1", "--seed", "1"]) == 0
+    ensemble = tmp_path / "ensemble"
+    assert cli.main(["export", "--run", str(out), "--run", str(run2), "--out", str(ensemble)]) == 0
+    verify_manifest(ensemble)
+    loaded = Captioner.load(str(ensemble))
+    assert len(loaded.decoders) == 2
+    for a, b in zip(loaded.decoders[0].weights, model.decoders[0].weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())  # member 0 is the exported model's decoder, as it was
+    # Exporting one run over it again leaves no stale members behind.
+    assert cli.main(["export", "--run", str(run2), "--out", str(ensemble)]) == 0
+    assert len(Captioner.load(str(ensemble)).decoders) == 1
+    assert not (ensemble / "ensemble.json").exists() and not (ensemble / "decoder1.weights.h5").exists()
+
 
 def test_train_without_features_says_what_to_run(tmp_path, tiny_dataset, tiny_backbone, capsys):
     code = cli.main(["train", "--data", str(tiny_dataset), "--backbone", "tiny_cli", "--cache", str(tmp_path / "none"),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from captioner.errors import ModelError
-from captioner.layers import BahdanauAttention
+from captioner.layers import ATTENTION, MultiHeadAttention
 from captioner.model import (
     CaptionDecoder,
     ImageCaptioner,
@@ -20,9 +20,10 @@ from captioner.model import (
 )
 
 
+@pytest.mark.parametrize("kind", sorted(ATTENTION))
 @pytest.mark.parametrize("gate", [True, False])
-def test_attention_layer_serialization_round_trip(gate):
-    layer = BahdanauAttention(8, gate=gate)
+def test_attention_layer_serialization_round_trip(kind, gate):
+    layer = ATTENTION[kind](8, gate=gate)
     q, v = np.random.rand(2, 3, 5).astype("float32"), np.random.rand(2, 4, 6).astype("float32")
     context, weights = layer(q, v)
     clone = keras.layers.deserialize(keras.layers.serialize(layer))
@@ -33,8 +34,9 @@ def test_attention_layer_serialization_round_trip(gate):
     np.testing.assert_allclose(np.sum(weights, -1), 1.0, atol=1e-5)
 
 
-def test_attention_single_step_matches_sequence():
-    layer = BahdanauAttention(8)
+@pytest.mark.parametrize("kind", sorted(ATTENTION))
+def test_attention_single_step_matches_sequence(kind):
+    layer = ATTENTION[kind](8)
     q, v = np.random.rand(2, 3, 5).astype("float32"), np.random.rand(2, 4, 6).astype("float32")
     seq_context, seq_weights = layer(q, v)
     step_context, step_weights = layer(q[:, 1], v)
@@ -53,9 +55,10 @@ def test_decoder_serialization_round_trip():
     assert isinstance(clone, CaptionDecoder) and clone.get_config() == decoder.get_config()
 
 
-@pytest.mark.parametrize("image_input", [False, True])
-def test_teacher_forcing_equals_step_by_step_decoding(image_input):
-    decoder = build_decoder(_config(image_input=image_input))
+@pytest.mark.parametrize(("image_input", "attention"), [(False, "additive"), (True, "additive"), (True, "dot"),
+                                                        (True, "multihead")])  # fmt: skip
+def test_teacher_forcing_equals_step_by_step_decoding(image_input, attention):
+    decoder = build_decoder(_config(image_input=image_input, attention=attention))
     feats = np.random.rand(2, 3, 3, 8).astype("float32")
     tokens = np.random.randint(1, 20, (2, 1, 4)).astype("int32")
     logits, alpha = decoder(feats, tokens)
@@ -125,3 +128,20 @@ def test_config_json_round_trip_and_unknown_keys(tmp_path):
     assert ModelConfig.load(tmp_path / "c.json") == config
     with pytest.raises(ModelError, match="Unknown model config keys"):
         ModelConfig.from_dict({"colour": "red"})
+
+
+def test_multihead_attention_reports_the_mean_of_its_heads_maps():
+    layer = MultiHeadAttention(8, heads=2, gate=False)
+    q, v = np.random.rand(2, 3, 5).astype("float32"), np.random.rand(2, 4, 6).astype("float32")
+    _, weights = layer(q, v)
+    keys, _ = np.split(np.asarray(layer.project_keys(v)), 2, axis=-1)
+    qh = np.asarray(layer.query_dense(q)).reshape(2, 3, 2, 4)
+    kh = keys.reshape(2, 4, 2, 4)
+    scores = np.einsum("bthd,brhd->bhtr", qh, kh) / 2.0  # √(8 / 2 heads)
+    per_head = np.exp(scores) / np.exp(scores).sum(-1, keepdims=True)
+    np.testing.assert_allclose(weights, per_head.mean(1), atol=1e-5)
+
+
+def test_an_unknown_attention_kind_is_a_clear_error():
+    with pytest.raises(ModelError, match="Unknown attention 'cosine'"):
+        build_decoder(_config(attention="cosine"))

@@ -21,12 +21,12 @@ CAPTIONS = {
 
 
 def _tiny(tmp_path, epochs: int, ema_decay: float = 0.0, scst_ema_decay: float = 0.0, budget: float = 58.0,
-          scst_epochs: int = 0):  # fmt: skip
+          scst_epochs: int = 0, attention: str = "additive"):  # fmt: skip
     names = list(CAPTIONS)
     data = Flickr8k(tmp_path, tmp_path, {n: [c] * 5 for n, c in CAPTIONS.items()}, {"train": names})
     vocab = Vocabulary.build(CAPTIONS.values(), min_count=1)
     config = ModelConfig(grid=(2, 2), feature_channels=8, vocab_size=len(vocab), max_length=8, embed_dim=16,
-                         units=48, feature_dim=32, attention_units=16, dropout=0.0)  # fmt: skip
+                         units=48, feature_dim=32, attention_units=16, dropout=0.0, attention=attention)  # fmt: skip
     train = TrainConfig(epochs=epochs, batch_images=2, learning_rate=1e-2, warmup_steps=0, label_smoothing=0.0,
                         ema_decay=ema_decay, scst_ema_decay=scst_ema_decay, time_budget_minutes=budget,
                         scst_epochs=scst_epochs)  # fmt: skip
@@ -36,8 +36,9 @@ def _tiny(tmp_path, epochs: int, ema_decay: float = 0.0, scst_ema_decay: float =
     return trainer, features, tokens, vocab, config
 
 
-def test_tiny_model_overfits_and_returns_its_training_captions(tmp_path):
-    trainer, features, tokens, vocab, config = _tiny(tmp_path, epochs=60)
+@pytest.mark.parametrize("attention", ["additive", "dot", "multihead"])
+def test_tiny_model_overfits_and_returns_its_training_captions(tmp_path, attention):
+    trainer, features, tokens, vocab, config = _tiny(tmp_path, epochs=60, attention=attention)
     first = float(trainer.loss(features, tokens, training=False)[1])
     rng = np.random.default_rng(0)
     for _ in range(60):
