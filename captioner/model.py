@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -14,49 +10,10 @@ import keras
 import numpy as np
 from keras import ops
 
+from captioner.config import ModelConfig
 from captioner.errors import ModelError
+from captioner.files import CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE
 from captioner.layers import BahdanauAttention
-
-CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE = "config.json", "vocab.json", "model.weights.h5"
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Everything needed to rebuild the model; saved as config.json next to the weights."""
-
-    backbone: str = "efficientnet_lite0"
-    image_size: int = 224
-    grid: tuple[int, int] = (7, 7)
-    feature_channels: int = 1280
-    vocab_size: int = 0
-    max_length: int = 22  # words, without <start>/<end>
-    embed_dim: int = 50
-    units: int = 512
-    feature_dim: int = 512
-    attention_units: int = 256
-    dropout: float = 0.5
-    attention_gate: bool = True
-    image_input: bool = False  # the attention LSTM also reads the mean region at every step (Up-Down)
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ModelError(f"Unknown model config keys {unknown}; expected a subset of {sorted(known)}.")
-        if "grid" in data:
-            data = {**data, "grid": tuple(data["grid"])}
-        return cls(**data)
-
-    @classmethod
-    def load(cls, path: str | Path) -> ModelConfig:
-        try:
-            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-        except (OSError, ValueError, TypeError) as e:
-            raise ModelError(f"Cannot read model config {path}: {e}") from e
 
 
 @keras.saving.register_keras_serializable(package="captioner")
@@ -259,11 +216,3 @@ def save_model_dir(path: str | Path, model: ImageCaptioner, config: ModelConfig,
     (path / VOCAB_FILE).write_text(vocab_json, encoding="utf-8")
     save_weights(model, path / WEIGHTS_FILE)
     return path
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
