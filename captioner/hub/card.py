@@ -11,14 +11,12 @@ from typing import TYPE_CHECKING
 from captioner.errors import ModelError
 from captioner.files import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, WEIGHTS_FILE, sha256_file
 from captioner.hub.failures import brief
-from captioner.metrics import METRIC_LABELS
 
 if TYPE_CHECKING:
     from huggingface_hub import EvalResult
 
 DATASET_ID = "jxie/flickr8k"  # Flickr8k on the Hub (official 6000/1000/1000 split), for the card's metadata
 LICENSE = "apache-2.0"  # the package's and the backbone weights' license; Flickr8k's own terms are in Limitations
-_SCORES = tuple(METRIC_LABELS.items())
 _CITATION = (
     'M. Hodosh, P. Young and J. Hockenmaier (2013), "Framing Image Description as a Ranking Task: Data, Models '
     'and Evaluation Metrics", Journal of Artificial Intelligence Research (JAIR) 47:853–899.'
@@ -31,6 +29,12 @@ _BIBTEX = """@article{hodosh2013framing,
   pages   = {853--899},
   year    = {2013}
 }"""
+
+
+def _labels() -> tuple[tuple[str, str], ...]:
+    from captioner.metrics import METRIC_LABELS  # here: it imports nltk and numpy, which fetching a model never needs
+
+    return tuple(METRIC_LABELS.items())
 
 
 def _model_name(config: Mapping[str, object], repo_id: str | None) -> str:
@@ -88,16 +92,17 @@ def _eval_results(metrics: Mapping[str, object]) -> list[EvalResult]:
         )
         for kind, scores in corpus.items()
         if isinstance(scores, Mapping)
-        for key, label in _SCORES
+        for key, label in _labels()
         if isinstance(scores.get(key), int | float)
     ]
 
 
 def _score_table(block: Mapping[str, object], decoding: Mapping[str, object]) -> str:
-    rows = ["| Decoding | " + " | ".join(label for _, label in _SCORES) + " |", "|---" * (len(_SCORES) + 1) + "|"]
+    labels = _labels()
+    rows = ["| Decoding | " + " | ".join(label for _, label in labels) + " |", "|---" * (len(labels) + 1) + "|"]
     for kind, scores in block.items():
         if isinstance(scores, Mapping):
-            cells = " | ".join(_score(scores.get(key), key) for key, _ in _SCORES)
+            cells = " | ".join(_score(scores.get(key), key) for key, _ in labels)
             rows.append(f"| {_decoding_label(kind, decoding)} | {cells} |")
     return "\n".join(rows)
 
