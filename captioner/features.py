@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from captioner.errors import DataError, ImageError
+from captioner.files import write_atomic
 
 MAX_PIXELS = 80_000_000  # a 12 MP photo is fine; a 30000×30000 "bomb" is refused before decoding
 RESIZE = Image.Resampling.BILINEAR  # closest to how the 224×224 Flickr8k copy was squashed (measured)
@@ -189,12 +190,6 @@ def _read_manifest(path: Path) -> dict | None:
         return None
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
-
-
 def use_onednn() -> bool:
     """Ask for TensorFlow's oneDNN CPU kernels (before TensorFlow is imported) unless TF_ENABLE_ONEDNN_OPTS is set."""
     # TensorFlow turns them on by default only on CPUs with AVX-512 VNNI/BF16, AVX-VNNI or AMX, and reads the switch
@@ -232,7 +227,7 @@ def extract_features(
     if manifest and manifest.get("complete") and manifest["key"] == key and manifest["images"] == names:
         return open_cache(root, backbone, size)
 
-    model = backbones.inference_model(backbones.build(backbone, include_top=False))
+    model = backbones.build_inference(backbone)  # ImageNet weights, BatchNorm folded
     grid_shape = tuple(int(d) for d in model.output_shape[1:])
     shape = (len(names), *grid_shape)
     fresh = not (manifest and manifest["key"] == key and manifest["images"] == names)
@@ -245,7 +240,7 @@ def extract_features(
             "images": names,
             "complete": False,
         }
-        _write_json_atomic(path / "manifest.json", manifest)
+        write_atomic(path / "manifest.json", json.dumps(manifest))
         np.save(path / "done.npy", np.zeros(len(names), dtype=bool))
     done = np.load(path / "done.npy", allow_pickle=False)
     data = np.memmap(path / "features.f16", dtype=np.float16, mode="r+" if not fresh else "w+", shape=shape)
@@ -266,5 +261,5 @@ def extract_features(
     bar.close()
     del data
     manifest["complete"] = True
-    _write_json_atomic(path / "manifest.json", manifest)
+    write_atomic(path / "manifest.json", json.dumps(manifest))
     return open_cache(root, backbone, size)

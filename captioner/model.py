@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -15,54 +12,18 @@ import keras
 import numpy as np
 from keras import ops
 
+from captioner.config import ModelConfig
 from captioner.errors import ModelError
+from captioner.files import (
+    CONFIG_FILE,
+    ENSEMBLE_FILE,
+    MEMBER_WEIGHTS,
+    VOCAB_FILE,
+    WEIGHTS_FILE,
+    member_weights_file,
+    write_atomic,
+)
 from captioner.layers import ATTENTION
-
-CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE = "config.json", "vocab.json", "model.weights.h5"
-ENSEMBLE_FILE = "ensemble.json"  # an ensemble's further decoders: {"members": [{"weights": …, "config": {…}}]}
-MEMBER_WEIGHTS = re.compile(r"decoder\d+\.weights\.h5")  # a further member's decoder-only weights file
-# What every member of an ensemble shares with the model's config.json: one backbone pass feeds them all.
-SHARED_FIELDS = ("backbone", "image_size", "grid", "feature_channels", "vocab_size")
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Everything needed to rebuild the model; saved as config.json next to the weights."""
-
-    backbone: str = "efficientnet_lite0"
-    image_size: int = 224
-    grid: tuple[int, int] = (7, 7)
-    feature_channels: int = 1280
-    vocab_size: int = 0
-    max_length: int = 22  # words, without <start>/<end>
-    embed_dim: int = 50
-    units: int = 512
-    feature_dim: int = 512
-    attention_units: int = 256
-    dropout: float = 0.5
-    attention_gate: bool = True
-    image_input: bool = False  # the attention LSTM also reads the mean region at every step (Up-Down)
-    attention: str = "additive"  # or "dot" (scaled dot-product) or "multihead" (4 heads): captioner.layers.ATTENTION
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ModelError(f"Unknown model config keys {unknown}; expected a subset of {sorted(known)}.")
-        if "grid" in data:
-            data = {**data, "grid": tuple(data["grid"])}
-        return cls(**data)
-
-    @classmethod
-    def load(cls, path: str | Path) -> ModelConfig:
-        try:
-            return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-        except (OSError, ValueError, TypeError) as e:
-            raise ModelError(f"Cannot read model config {path}: {e}") from e
 
 
 @keras.saving.register_keras_serializable(package="captioner")
@@ -293,17 +254,8 @@ def save_model_dir(path: str | Path, model: ImageCaptioner, config: ModelConfig,
     return path
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def member_weights_file(index: int) -> str:
-    """File name of ensemble member `index` (1, 2, …; member 0 lives in model.weights.h5 with the backbone)."""
-    return f"decoder{index}.weights.h5"
+# What every member of an ensemble shares with the model's config.json: one backbone pass feeds them all.
+SHARED_FIELDS = ("backbone", "image_size", "grid", "feature_channels", "vocab_size")
 
 
 def save_ensemble(path: str | Path, members: list[tuple[CaptionDecoder, ModelConfig]]) -> None:
@@ -314,7 +266,7 @@ def save_ensemble(path: str | Path, members: list[tuple[CaptionDecoder, ModelCon
         name = member_weights_file(index)
         save_weights(ImageCaptioner(keras.layers.Identity(), decoder), path / name)
         entries.append({"weights": name, "config": dataclasses.asdict(config)})
-    (path / ENSEMBLE_FILE).write_text(json.dumps({"members": entries}, indent=2), encoding="utf-8")
+    write_atomic(path / ENSEMBLE_FILE, json.dumps({"members": entries}, indent=2))
 
 
 def read_ensemble(path: str | Path, config: ModelConfig) -> list[tuple[str, ModelConfig]]:

@@ -15,18 +15,8 @@ from captioner.decode import BeamSearch, Caption
 from captioner.ensemble import EnsembleDecoder
 from captioner.errors import BackboneError, ImageError, ModelError
 from captioner.features import ImageSource, describe, prepare_image
-from captioner.model import (
-    CONFIG_FILE,
-    VOCAB_FILE,
-    WEIGHTS_FILE,
-    CaptionDecoder,
-    ImageCaptioner,
-    ModelConfig,
-    load_decoder,
-    read_ensemble,
-    read_weights,
-    sha256_file,
-)
+from captioner.files import CONFIG_FILE, METRICS_FILE, VOCAB_FILE, WEIGHTS_FILE, sha256_file
+from captioner.model import CaptionDecoder, ImageCaptioner, ModelConfig, load_decoder, read_ensemble, read_weights
 from captioner.text import Vocabulary
 
 
@@ -39,6 +29,11 @@ class ModelInfo:
     commit: str | None
     weights_sha256: str
     notice: str | None = None
+
+    @property
+    def id(self) -> str:
+        """The model's logical name for reports and metrics: `bundled`, `hf://OWNER/REPO@SHA` or a directory name."""
+        return hub.model_id(self.source, self.path, self.commit)
 
 
 @dataclass(frozen=True)
@@ -101,7 +96,7 @@ class Captioner:
             input_signature=[tf.TensorSpec([None, config.image_size, config.image_size, 3], tf.uint8)],
             autograph=False,
         )
-        self.metrics = _read_json(info.path / "metrics.json")
+        self.metrics = _read_json(info.path / METRICS_FILE)
         self.tuned = Decoding.from_metrics(self.metrics)  # what dev chose for this model
 
     @classmethod
@@ -158,24 +153,39 @@ class Captioner:
     def decode(
         self,
         encoded: Encoded,
-        beam_size: int = 1,
-        length_penalty: float = 0.7,
+        beam_size: int | None = None,
+        length_penalty: float | None = None,
         max_length: int | None = None,
-        block_repeats: bool = False,
+        block_repeats: bool | None = None,
     ) -> list[Caption]:
-        """Captions for encoded images; beam_size 1 is greedy; `block_repeats` forbids repeating any trigram."""
+        """Captions for encoded images; beam_size 1 is greedy; a setting left None is the model's tuned one."""
+        return self.decode_features(encoded.features, beam_size, length_penalty, max_length, block_repeats)
+
+    def decode_features(
+        self,
+        features: np.ndarray,
+        beam_size: int | None = None,
+        length_penalty: float | None = None,
+        max_length: int | None = None,
+        block_repeats: bool | None = None,
+    ) -> list[Caption]:
+        """Captions for backbone feature grids (N, H, W, C), e.g. from a feature cache; settings as in `decode`.
+
+        `block_repeats` forbids repeating any trigram within a caption.
+        """
+        d = self.tuned.overridden(beam_size=beam_size, length_penalty=length_penalty, block_repeats=block_repeats)
         max_length = max_length or self.config.max_length
-        return self.search(encoded.features, beam_size, length_penalty, max_length, block_repeats=block_repeats)
+        return self.search(features, d.beam_size, d.length_penalty, max_length, block_repeats=d.block_repeats)
 
     def caption(
         self,
         images: Sequence[ImageSource],
-        beam_size: int = 1,
-        length_penalty: float = 0.7,
+        beam_size: int | None = None,
+        length_penalty: float | None = None,
         max_length: int | None = None,
-        block_repeats: bool = False,
+        block_repeats: bool | None = None,
     ) -> list[Caption]:
-        """Encode and decode in one call."""
+        """Encode and decode in one call; settings left None are the model's tuned ones."""
         return self.decode(self.encode(images), beam_size, length_penalty, max_length, block_repeats)
 
 

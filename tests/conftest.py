@@ -38,7 +38,8 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
     keras.utils.set_random_seed(0)
     vocab = Vocabulary.build([c for caps in TINY_CAPTIONS.values() for c in caps], min_count=1)
-    config = ModelConfig(vocab_size=len(vocab), max_length=6, units=32, feature_dim=32, attention_units=16)
+    config = ModelConfig(backbone="efficientnet_lite0", image_size=224, grid=(7, 7), vocab_size=len(vocab),
+                         max_length=6, units=32, feature_dim=32, attention_units=16, image_input=False)  # fmt: skip
     model = ImageCaptioner(backbones.build(config.backbone, weights=None), build_decoder(config))
     path = save_model_dir(tmp_path_factory.mktemp("tiny") / "model", model, config, vocab.to_json())
     write_manifest(path)

@@ -25,7 +25,7 @@ from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
 
 from captioner import paths
-from captioner.evaluate import build_report, write_report
+from captioner.report import build_report, write_report
 
 if str(REPO) not in sys.path:  # the pages package sits at the repository root, beside app.py
     sys.path.insert(0, str(REPO))
@@ -589,7 +589,8 @@ def test_filters_treat_the_slider_ends_as_open_so_no_image_is_lost():
     assert list(bleu.apply_filters(table, f)["image"]) == ["b"]
 
 
-def test_the_app_reads_the_same_setting_names_as_the_hub_module():
-    from captioner import hub
+def test_the_app_reads_the_same_setting_names_as_the_package():
+    from captioner import settings
 
-    assert (common.MODEL_ENV, common.TOKEN_SECRET) == (hub.SOURCE_ENV, hub.TOKEN_SECRET)
+    assert (common.MODEL_ENV, common.TOKEN_SECRET) == (settings.MODEL_ENV, settings.TOKEN_SECRET)
+    assert (common.REPORT_ENV, common.EXAMPLES_ENV) == (settings.REPORT_ENV, settings.EXAMPLES_ENV)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from captioner import backbones
+from captioner.backbones import lite_weights, registry
 from captioner.errors import BackboneError
 from captioner.features import prepare_image
 from captioner.paths import ASSETS_DIR
@@ -65,14 +66,14 @@ def lite_features(lite: tuple[int, keras.Model]) -> tuple[keras.Model, list[str]
     """The include_top=False model, built after `lite`; returns it with the conversions that ran (expected none)."""
     index, _ = lite
     conversions: list[str] = []
-    original = backbones.convert_lite_weights
+    original = lite_weights.convert_lite_weights
 
     def counting_convert(model: keras.Model, variant: backbones.LiteVariant) -> None:
         conversions.append(variant.name)
         original(model, variant)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(backbones, "convert_lite_weights", counting_convert)
+        mp.setattr(lite_weights, "convert_lite_weights", counting_convert)
         return backbones.build(LITE_NAMES[index], include_top=False), conversions
 
 
@@ -93,7 +94,7 @@ def test_unknown_backbone_error_lists_known_names() -> None:
 
 
 def test_register_refuses_duplicate_names_unless_overwrite(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(backbones, "_REGISTRY", dict(backbones._REGISTRY))
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     spec = dataclasses.replace(backbones.get("mobilenet_v2"), description="replaced")
     with pytest.raises(BackboneError, match="already registered"):
         backbones.register(spec)
@@ -194,33 +195,9 @@ def test_lite_model_save_load_round_trip(tmp_path: Path) -> None:
     )
 
 
-def test_inference_model_folds_only_batch_norms_that_alone_consume_a_conv() -> None:
-    inputs = keras.Input((8, 8, 3), name="image")
-    x = keras.layers.Conv2D(4, 3, padding="same", name="biased")(inputs)  # a conv bias folds too
-    x = keras.layers.BatchNormalization(name="biased_bn")(x)
-    x = keras.layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same", use_bias=False, name="dw")(x)
-    x = keras.layers.BatchNormalization(name="dw_bn")(x)
-    shared = keras.layers.Conv2D(8, 1, use_bias=False, name="shared")(x)  # also feeds the Add: must stay
-    y = keras.layers.BatchNormalization(name="shared_bn")(shared)
-    y = keras.layers.Dropout(0.5, name="dropout")(y)
-    model = keras.Model(inputs, keras.layers.Add(name="add")([shared, y]))
-    rng = np.random.default_rng(0)
-    for layer in model.layers:
-        layer.set_weights([rng.uniform(0.5, 1.5, w.shape).astype("float32") for w in layer.get_weights()])
-    fast = backbones.inference_model(model)
-    assert {layer.name for layer in fast.layers} == {"image", "biased", "dw", "shared", "shared_bn", "add"}
-    images = rng.normal(size=(2, 8, 8, 3)).astype("float32")
-    expected = model.predict_on_batch(images)
-    # Outputs reach ~1,500 and a few cancel to ~1, so float32 rounding is judged against the largest (a fixed 1e-5
-    # failed on an AVX-512 CPU, whose kernels sum in another order).
-    assert np.max(np.abs(fast.predict_on_batch(images) - expected)) <= 1e-5 * np.max(np.abs(expected))
-
-
-def _layer_weights(model: keras.Model) -> dict[str, list[np.ndarray]]:
-    return {layer.name: layer.get_weights() for layer in model.layers if layer.weights}
-
-
-def test_build_inference_folds_a_backbone_without_its_own_inference_builder(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_build_inference_of_a_backbone_without_a_folded_graph_is_the_model_with_its_weights(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     def builder(include_top: bool = False, weights: str | None = None) -> keras.Model:
         inputs = keras.Input((8, 8, 3), dtype="uint8", name="image")
         x = backbones.BackbonePreprocess("tf", name="preprocess")(inputs)
@@ -228,23 +205,22 @@ def test_build_inference_folds_a_backbone_without_its_own_inference_builder(monk
         x = keras.layers.BatchNormalization(name="bn")(x)
         return keras.Model(inputs, keras.layers.ReLU(6.0, name="relu")(x), name="tiny_bn")
 
-    monkeypatch.setattr(backbones, "_REGISTRY", dict(backbones._REGISTRY))
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
     backbones.register(backbones.BackboneSpec("tiny_bn", 8, 8, 4, builder, "x / 127.5 - 1", "random"))
     model = builder()
     rng = np.random.default_rng(0)
     model.set_weights([rng.uniform(0.5, 1.5, w.shape).astype("float32") for w in model.get_weights()])
-    fast = backbones.build_inference("tiny_bn", _layer_weights(model))
-    assert "bn" not in {layer.name for layer in fast.layers}
+    rebuilt = backbones.build_inference("tiny_bn", backbones.layer_weights(model))
     images = rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
-    np.testing.assert_allclose(fast.predict_on_batch(images), model.predict_on_batch(images), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(rebuilt.predict_on_batch(images), model.predict_on_batch(images))
 
 
 def test_build_inference_names_missing_and_misshapen_layers() -> None:
-    weights = _layer_weights(backbones.build("efficientnet_lite0", weights=None))
+    weights = backbones.layer_weights(backbones.build("efficientnet_lite0", weights=None))
     del weights["block3_dw_bn"]
     with pytest.raises(BackboneError, match=r"missing \['block3_dw_bn'\], unexpected \[\]"):
         backbones.build_inference("efficientnet_lite0", weights)
-    weights = _layer_weights(backbones.build("efficientnet_lite0", weights=None))
+    weights = backbones.layer_weights(backbones.build("efficientnet_lite0", weights=None))
     weights["head_conv"] = [np.ones((1, 1, 320, 8), np.float32)]
     with pytest.raises(BackboneError, match="efficientnet_lite0 layer head_conv do not fit"):
         backbones.build_inference("efficientnet_lite0", weights)
@@ -289,21 +265,15 @@ def test_inference_backbones_match_the_backbone_on_a_real_photo(
     photo = ASSETS_DIR / "examples" / "1056338697_4f7d7ce270.jpg"
     pixels = prepare_image(photo, backbones.get(LITE_NAMES[index]).input_size)[None]  # (1, S, S, 3)
     expected = model.predict_on_batch(pixels)
-    fast = backbones.inference_model(model)
-    kinds = {type(layer) for layer in fast.layers}
-    assert not kinds & {keras.layers.BatchNormalization, backbones.StochasticDepth}
-    assert all(layer.use_bias for layer in fast.layers if isinstance(layer, keras.layers.Conv2D))
-    got = fast.predict_on_batch(pixels)
-    assert np.max(np.abs(got - expected)) <= 1e-4 * np.max(np.abs(expected))
-    np.testing.assert_array_equal(model.predict_on_batch(pixels), expected)  # the original model is untouched
-    # Built folded from the start (the app's path): conv layers only, and the copy's numbers exactly.
-    direct = backbones.build_inference(LITE_NAMES[index], _layer_weights(model))
+    # Built folded from the start (the app's and feature extraction's path): conv layers only, the same numbers.
+    direct = backbones.build_inference(LITE_NAMES[index], backbones.layer_weights(model))
     assert {type(layer) for layer in direct.layers if layer.weights} == {
         keras.layers.Conv2D,
         keras.layers.DepthwiseConv2D,
     }
     assert not {type(layer) for layer in direct.layers} & {keras.layers.ReLU, backbones.StochasticDepth}
-    np.testing.assert_array_equal(direct.predict_on_batch(pixels), got)
+    got = direct.predict_on_batch(pixels)
+    assert np.max(np.abs(got - expected)) <= 1e-4 * np.max(np.abs(expected))
 
 
 def test_second_build_reuses_the_cached_weights(

@@ -19,7 +19,7 @@ from conftest import PHOTOS, REPO, talkative_copy
 from PIL import Image
 from streamlit_server import CHROMIUM, free_port, launch_browser, start_server, stop_server, wait_healthy
 
-from captioner.evaluate import build_report, write_report
+from captioner.report import build_report, write_report
 
 pytestmark = pytest.mark.browser
 

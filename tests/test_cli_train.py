@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import keras
@@ -10,7 +11,9 @@ import pytest
 from PIL import Image
 
 from captioner import backbones, cli
+from captioner.config import ModelConfig, TrainConfig
 from captioner.hub import verify_manifest
+from captioner.paths import BUNDLED_MODEL_DIR
 from captioner.pipeline import Captioner
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
@@ -50,7 +53,7 @@ def test_features_train_resume_self_critical_and_export(tmp_path, tiny_dataset, 
     assert cli.main(["features", *common]) == 0
     train = ["train", *common, "--run", str(run), "--units", "16", "--attention-units", "8", "--min-count", "1",
              "--glove", "none", "--batch", "3", "--lr", "0.01"]  # fmt: skip
-    assert cli.main([*train, "--epochs", "1"]) == 0
+    assert cli.main([*train, "--epochs", "1", "--scst-epochs", "0"]) == 0
     assert cli.main([*train, "--epochs", "2", "--scst-epochs", "1"]) == 0
     log = (run / "train.log").read_text()
     assert "resumed from" in log and "epoch 2: loss" in log and "dev BLEU-4" in log
@@ -86,3 +89,21 @@ def test_train_without_features_says_what_to_run(tmp_path, tiny_dataset, tiny_ba
                      "--run", str(tmp_path / "run")])  # fmt: skip
     assert code != 0
     assert "captioner features --backbone tiny_cli" in capsys.readouterr().err
+
+
+def test_train_defaults_are_the_config_dataclasses_which_hold_the_bundled_recipe():
+    args = cli.build_parser().parse_args(["train", "--data", "d", "--run", "r"])
+    model, train = ModelConfig(), TrainConfig()
+    gate, image_input = not args.no_gate, not args.no_image_input
+    assert (args.backbone, args.units, args.attention_units, args.dropout, gate, image_input) == (
+        model.backbone, model.units, model.attention_units, model.dropout, model.attention_gate, model.image_input
+    )  # fmt: skip
+    assert (args.epochs, args.batch, args.lr, args.ema, args.glove, args.scst_epochs, args.scst_bleu, args.scst_lr) == (
+        train.epochs, train.batch_images, train.learning_rate, train.ema_decay, train.glove, train.scst_epochs,
+        train.scst_bleu_weight, train.scst_learning_rate,
+    )  # fmt: skip
+    bundled = ModelConfig.load(BUNDLED_MODEL_DIR / "config.json")
+    learned = {"vocab_size", "max_length"}  # come from the data, not the recipe
+    assert {k: v for k, v in dataclasses.asdict(bundled).items() if k not in learned} == {
+        k: v for k, v in dataclasses.asdict(model).items() if k not in learned
+    }

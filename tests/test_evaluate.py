@@ -14,18 +14,8 @@ import pytest
 from nltk.translate import bleu_score as nltk_bleu
 
 from captioner.errors import DataError
-from captioner.evaluate import (
-    BLEU_KEYS,
-    METRIC_KEYS,
-    build_report,
-    cider_d,
-    corpus_bleu,
-    corpus_metrics,
-    read_report,
-    sentence_bleu,
-    tokenize,
-    write_report,
-)
+from captioner.metrics import BLEU_KEYS, METRIC_KEYS, cider_d, corpus_bleu, corpus_metrics, sentence_bleu, tokenize
+from captioner.report import build_report, read_report, write_report
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 

@@ -167,7 +167,7 @@ def test_feature_cache_is_float16_memmapped_and_ordered(tmp_path, tiny_backbone)
 def test_rerun_reuses_a_complete_cache(tmp_path, tiny_backbone, monkeypatch):
     paths = _images(tmp_path, 3)
     first = np.array(extract_features(paths, tmp_path / "c", "tiny_test", progress=False).features)
-    monkeypatch.setattr(backbones, "build", lambda *a, **k: pytest.fail("a complete cache must not rebuild"))
+    monkeypatch.setattr(backbones, "build_inference", lambda *a, **k: pytest.fail("a complete cache must not rebuild"))
     again = extract_features(paths, tmp_path / "c", "tiny_test", progress=False)
     np.testing.assert_array_equal(first, again.features)
 
@@ -186,8 +186,7 @@ def test_interrupted_run_is_not_complete_and_resumes(tmp_path, tiny_backbone, mo
                 raise KeyboardInterrupt
             return real.predict_on_batch(x)
 
-    monkeypatch.setattr(backbones, "build", lambda *a, **k: Crashing())
-    monkeypatch.setattr(backbones, "inference_model", lambda model: model)
+    monkeypatch.setattr(backbones, "build_inference", lambda *a, **k: Crashing())
     with pytest.raises(KeyboardInterrupt):
         extract_features(paths, tmp_path / "c", "tiny_test", batch_size=2, progress=False)
     with pytest.raises(DataError, match="No complete feature cache"):

@@ -23,12 +23,12 @@ from fake_hub import FakeHub, Fault, sha256_hex
 from huggingface_hub import ModelCard, constants
 from huggingface_hub.utils import close_session
 
-from captioner import hub, paths
+from captioner import cli, hub, paths
 from captioner.errors import HubError, ModelError
+from captioner.files import MANIFEST_FILE as MANIFEST
+from captioner.files import MODEL_FILES
+from captioner.files import WEIGHTS_FILE as WEIGHTS
 from captioner.hub import (
-    MANIFEST,
-    MODEL_FILES,
-    WEIGHTS,
     HubSource,
     LocalSource,
     choose_source,
@@ -39,6 +39,7 @@ from captioner.hub import (
     verify_manifest,
     write_manifest,
 )
+from captioner.settings import MODEL_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ALICE, BOB = "hf_alice_token", "hf_bob_token"
@@ -125,7 +126,7 @@ def fake_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHu
     monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(tmp_path / "hf" / ".agent_harnesses.json"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # LFS uploads, which the fake speaks, not Xet
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE", hub.SOURCE_ENV):
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE", MODEL_ENV):
         monkeypatch.delenv(var, raising=False)
     yield fake
     fake.stop()
@@ -185,14 +186,14 @@ def test_parse_source_rejects_an_empty_source() -> None:
 
 
 def test_choose_source_prefers_argument_then_env_then_secret_then_bundled(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(hub.SOURCE_ENV, raising=False)
-    secrets = {hub.SOURCE_ENV: "hf://s/secret"}
+    monkeypatch.delenv(MODEL_ENV, raising=False)
+    secrets = {MODEL_ENV: "hf://s/secret"}
     assert choose_source() == str(paths.BUNDLED_MODEL_DIR)
     assert choose_source(secrets=secrets) == "hf://s/secret"
-    monkeypatch.setenv(hub.SOURCE_ENV, "hf://e/env")
+    monkeypatch.setenv(MODEL_ENV, "hf://e/env")
     assert choose_source(secrets=secrets) == "hf://e/env"
     assert choose_source("hf://a/arg", secrets=secrets) == "hf://a/arg"
-    monkeypatch.setenv(hub.SOURCE_ENV, " ")
+    monkeypatch.setenv(MODEL_ENV, " ")
     assert choose_source(secrets={}) == str(paths.BUNDLED_MODEL_DIR)
 
 
@@ -201,7 +202,7 @@ def test_choose_source_tolerates_a_missing_secrets_file(monkeypatch: pytest.Monk
         def get(self, key: str, default: object = None) -> object:
             raise FileNotFoundError("No secrets found")  # what st.secrets does without secrets.toml
 
-    monkeypatch.delenv(hub.SOURCE_ENV, raising=False)
+    monkeypatch.delenv(MODEL_ENV, raising=False)
     assert choose_source(secrets=NoSecretsFile()) == str(paths.BUNDLED_MODEL_DIR)
 
 
@@ -599,10 +600,10 @@ def test_run_push_prints_the_commit_to_pin(
     fake_hub: FakeHub, model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     parser = argparse.ArgumentParser(prog="captioner push")
-    hub.add_push_arguments(parser)
+    cli.add_push_arguments(parser)
     args = parser.parse_args(["--model", str(model_dir), "--repo-id", REPO, "--tag", "v1"])
     monkeypatch.setenv("HF_TOKEN", ALICE)
-    assert hub.run_push(args) == 0
+    assert cli.run_push(args) == 0
     sha = fake_hub.repos[REPO].branches["main"]
     assert f"--model hf://{REPO}@{sha}" in capsys.readouterr().out
 
@@ -611,8 +612,8 @@ def test_run_push_failure_is_one_error_line_and_nonzero_exit(
     fake_hub: FakeHub, model_dir: Path, capsys: pytest.CaptureFixture
 ) -> None:
     parser = argparse.ArgumentParser(prog="captioner push")
-    hub.add_push_arguments(parser)
-    assert hub.run_push(parser.parse_args(["--model", str(model_dir), "--repo-id", REPO])) == 1
+    cli.add_push_arguments(parser)
+    assert cli.run_push(parser.parse_args(["--model", str(model_dir), "--repo-id", REPO])) == 1
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith("error: ") and captured.err.count("\n") == 1
@@ -621,7 +622,32 @@ def test_run_push_failure_is_one_error_line_and_nonzero_exit(
 def test_loading_a_local_model_never_imports_the_hub_client(tiny_model_dir: Path) -> None:
     code = (
         "import sys; from captioner import hub; hub.fetch(sys.argv[1]); "
-        "print(sorted(m for m in ('huggingface_hub', 'httpx2', 'yaml') if m in sys.modules))"
+        "print(sorted(m for m in ('huggingface_hub', 'httpx2') if m in sys.modules))"
     )
     run = subprocess.run([sys.executable, "-c", code, str(tiny_model_dir)], capture_output=True, text=True, check=True)
     assert run.stdout.strip() == "[]"
+
+
+def test_model_ids_are_logical_names_never_machine_paths(bundled: Path, tmp_path: Path) -> None:
+    assert hub.model_id(str(bundled), bundled, None) == "bundled"
+    assert hub.model_id("runs/../elsewhere/my-model", tmp_path / "my-model", None) == "my-model"
+    sha = "ab" * 20
+    assert hub.model_id(f"hf://{REPO}@v1", tmp_path / "snapshots" / sha, sha) == f"hf://{REPO}@{sha}"
+
+
+def test_an_ensembles_member_files_are_pushed_fetched_and_verified(fake_hub: FakeHub, model_dir: Path) -> None:
+    members = {"ensemble.json": b'{"members": []}', "decoder1.weights.h5": b"\x89HDF member one"}
+    for name, data in members.items():
+        (model_dir / name).write_bytes(data)
+    sha = push(model_dir, REPO, token=ALICE)
+    files = fake_hub.files(REPO, sha)
+    assert {n: files[n] for n in members} == members
+    assert set(json.loads(files[MANIFEST])["files"]) == {*MODEL_FILES, *members} - {MANIFEST}
+
+    model = fetch(f"hf://{REPO}@{sha}")
+    assert sorted(p.name for p in model.path.iterdir()) == sorted([*MODEL_FILES, *members])
+
+    # A member that does not match the manifest is refused like the main weights would be.
+    tampered = fake_hub.commit(REPO, {**files, "decoder1.weights.h5": b"\x89HDF something else"})
+    with pytest.raises(HubError, match=re.escape("decoder1.weights.h5")):
+        fetch(f"hf://{REPO}@{tampered}")

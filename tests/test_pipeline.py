@@ -16,8 +16,9 @@ from PIL import Image
 from captioner import Captioner, backbones
 from captioner.errors import ImageError, ModelError
 from captioner.features import prepare_image
+from captioner.files import WEIGHTS_FILE
 from captioner.layers import BahdanauAttention
-from captioner.model import WEIGHTS_FILE, ImageCaptioner, build_decoder
+from captioner.model import ImageCaptioner, build_decoder
 from captioner.paths import BUNDLED_MODEL_DIR
 from captioner.pipeline import Decoding
 
@@ -49,7 +50,7 @@ def test_save_then_load_gives_identical_captions(model, tiny_model_dir, photo_by
     assert (a.text, round(a.log_prob, 4)) == (b.text, round(b.log_prob, 4))
 
 
-def test_bundled_model_loads_exactly_as_keras_and_inference_model_would():
+def test_bundled_model_loads_exactly_as_keras_would_with_batch_norm_folded():
     """Weights read by layer name, BatchNorm folded from the file's arrays: the numbers the Keras loader gives."""
     cap = Captioner.from_directory(BUNDLED_MODEL_DIR)
     reference = ImageCaptioner(backbones.build(cap.config.backbone, weights=None), build_decoder(cap.config))
@@ -57,10 +58,9 @@ def test_bundled_model_loads_exactly_as_keras_and_inference_model_would():
     for a, b in zip(reference.decoder.weights, cap.model.decoder.weights, strict=True):
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(b), keras.ops.convert_to_numpy(a), err_msg=a.path)
     pixels = prepare_image(BUNDLED_MODEL_DIR.parent / "examples" / "1056338697_4f7d7ce270.jpg", cap.config.image_size)
-    np.testing.assert_array_equal(
-        cap.model.backbone.predict_on_batch(pixels[None]),
-        backbones.inference_model(reference.backbone).predict_on_batch(pixels[None]),
-    )
+    folded = cap.model.backbone.predict_on_batch(pixels[None])
+    expected = reference.backbone.predict_on_batch(pixels[None])  # the BatchNorm graph
+    assert np.max(np.abs(folded - expected)) <= 1e-4 * np.max(np.abs(expected))
 
 
 def test_weights_that_do_not_fit_the_config_are_one_model_error(tiny_model_dir, tmp_path):

@@ -8,10 +8,11 @@ import pytest
 from conftest import FLICKR8K, PHOTOS, needs_shared
 
 from captioner import Captioner
-from captioner.evaluate import evaluate_split, read_report
+from captioner.evaluate import evaluate_split
+from captioner.files import sha256_file
 from captioner.hub import verify_manifest
-from captioner.model import sha256_file
 from captioner.paths import BUNDLED_MODEL_DIR, BUNDLED_REPORT
+from captioner.report import read_report
 
 THUMBS = BUNDLED_REPORT.parent / "thumbs"
 

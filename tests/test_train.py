@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from captioner.config import ModelConfig
 from captioner.data import Flickr8k
 from captioner.decode import BeamSearch
-from captioner.evaluate import sentence_bleu
-from captioner.model import ModelConfig
+from captioner.metrics import sentence_bleu
 from captioner.text import Vocabulary
 from captioner.train import CaptionReward, TrainConfig, Trainer, caption_tokens, length_batches
 

@@ -1,0 +1,87 @@
+"""Export: bundle a training run into a self-contained model directory, with its scores, model card and manifest."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from captioner import hub
+from captioner.data import Flickr8k
+from captioner.errors import ModelError
+from captioner.files import (
+    CARD_FILE,
+    CONFIG_FILE,
+    ENSEMBLE_FILE,
+    MEMBER_WEIGHTS,
+    METRICS_FILE,
+    VOCAB_FILE,
+    WEIGHTS_FILE,
+    write_atomic,
+)
+from captioner.model import CaptionDecoder, ModelConfig, build_decoder, load_decoder
+from captioner.text import Vocabulary
+from captioner.train import BEST_WEIGHTS
+
+
+def export_run(run_dir: Path, out: Path, data: Flickr8k | None = None, log=print, members: Sequence[Path] = ()) -> Path:
+    """Bundle a run's best decoder with its ImageNet backbone into a self-contained model directory.
+
+    `members`: further runs or model directories (same backbone and vocabulary) whose decoders join it as one
+    ensemble; `run_dir` may be a model directory too (its decoder; the backbone comes from the ImageNet weights).
+    With `data`, also tune the decoding on dev, score dev and test into metrics.json, and write the model card. The
+    sha256 manifest comes last, so it covers every file.
+    """
+    from captioner import backbones
+    from captioner.model import ImageCaptioner, save_ensemble, save_model_dir
+
+    config, vocab, decoder = _best_decoder(run_dir)
+    model = ImageCaptioner(backbones.build(config.backbone, include_top=False), decoder)
+    save_model_dir(out, model, config, vocab.to_json())
+    for stale in [out / ENSEMBLE_FILE, *(f for f in out.iterdir() if MEMBER_WEIGHTS.fullmatch(f.name))]:
+        stale.unlink(missing_ok=True)  # an earlier export's members
+    extra = []
+    for member_dir in members:
+        member_config, member_vocab, member = _best_decoder(member_dir)
+        if member_vocab.words != vocab.words:
+            raise ModelError(f"{member_dir} has another vocabulary than {run_dir}; ensemble members must share one.")
+        extra.append((member, member_config))
+    if extra:
+        save_ensemble(out, extra)
+    if data is None:
+        hub.write_manifest(out)
+        return out
+    from captioner.evaluate import tune_and_score
+    from captioner.pipeline import Captioner
+
+    metrics = tune_and_score(Captioner.from_directory(out), data, log=log)
+    write_atomic(out / METRICS_FILE, json.dumps(metrics, indent=2))
+    return write_card(out)
+
+
+def write_card(model_dir: Path) -> Path:
+    """Rewrite a model directory's model card and manifest from its files; nothing is trained or scored again.
+
+    metrics.json keeps every number; its `model_id` becomes the directory's logical name (`bundled` or the
+    directory's name), never a machine path.
+    """
+    metrics_file = model_dir / METRICS_FILE
+    if metrics_file.is_file():
+        metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+        metrics["model_id"] = hub.model_id(str(model_dir), model_dir, None)
+        write_atomic(metrics_file, json.dumps(metrics, indent=2))
+    write_atomic(model_dir / CARD_FILE, hub.model_card(model_dir))
+    hub.write_manifest(model_dir)
+    return model_dir
+
+
+def _best_decoder(run_dir: Path) -> tuple[ModelConfig, Vocabulary, CaptionDecoder]:
+    """The config, vocabulary and decoder of a run's best (kept) weights, or of an exported model directory."""
+    config = ModelConfig.load(run_dir / CONFIG_FILE)
+    vocab = Vocabulary.load(run_dir / VOCAB_FILE)
+    if (run_dir / BEST_WEIGHTS).is_file():
+        decoder = build_decoder(config)
+        decoder.load_weights(run_dir / BEST_WEIGHTS)
+    else:  # a model directory: its decoder, without the backbone it is saved with
+        decoder = load_decoder(config, run_dir / WEIGHTS_FILE)
+    return config, vocab, decoder
