@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from captioner.errors import ModelError
-from captioner.files import CONFIG_FILE, MANIFEST_FILE, METRICS_FILE, WEIGHTS_FILE, sha256_file
+from captioner.files import CONFIG_FILE, ENSEMBLE_FILE, MANIFEST_FILE, METRICS_FILE, WEIGHTS_FILE, sha256_file
 from captioner.hub.failures import brief
 
 if TYPE_CHECKING:
@@ -118,14 +118,32 @@ def _size(value: object) -> str:
     return f"{value}×{value}" if isinstance(value, int) else str(value)
 
 
+_ATTENTION_NAMES = {"additive": "additive (Bahdanau)", "dot": "scaled dot-product", "multihead": "multi-head"}
+
+
 def _decoder_text(config: Mapping[str, object]) -> str:
     units, attention = config.get("units", "?"), config.get("attention_units", "?")
     gate = ", gated" if config.get("attention_gate") else ""
+    kind = _ATTENTION_NAMES.get(str(config.get("attention", "additive")), str(config.get("attention")))
     return (
-        f"an attention LSTM ({units} units, started from the mean image region) queries additive (Bahdanau) "
+        f"an attention LSTM ({units} units, started from the mean image region) queries {kind} "
         f"attention ({attention} units{gate}) over the grid regions; a language LSTM ({units} units) turns the "
         f"attended context into next-word probabilities over {config.get('vocab_size', '?')} words "
         f"({config.get('embed_dim', '?')}-d word embeddings)"
+    )
+
+
+def _ensemble_text(model_dir: Path) -> str:
+    """The card's line on an ensemble's further decoders ("" for a single model)."""
+    ensemble = _load_json(model_dir / ENSEMBLE_FILE, required=False) or {}
+    members = ensemble.get("members") if isinstance(ensemble.get("members"), list) else []
+    if not members:
+        return ""
+    files = ", ".join(f"`{m.get('weights')}`" for m in members if isinstance(m, Mapping))
+    return (
+        f"- **Ensemble:** {len(members) + 1} decoders share the one backbone pass; beam search averages their "
+        f"next-word probabilities (and attention maps) at every step. The further decoders are {files}, listed in "
+        f"`{ENSEMBLE_FILE}` with their configs.\n"
     )
 
 
@@ -185,7 +203,8 @@ def model_card(model_dir: str | os.PathLike[str], repo_id: str | None = None) ->
         f"{_size(config.get('image_size', '?'))} RGB, giving a {_size(config.get('grid', '?'))} grid of image "
         "features.\n"
         f"- **Decoder:** {_decoder_text(config)}; each caption comes with its per-word attention maps.\n"
-        f"- **Files:** `config.json` (hyper-parameters), `vocab.json` (word list), `{WEIGHTS_FILE}` (all Keras "
+        + _ensemble_text(model_dir)
+        + f"- **Files:** `config.json` (hyper-parameters), `vocab.json` (word list), `{WEIGHTS_FILE}` (all Keras "
         f"weights, backbone included), `metrics.json` (scores), `{MANIFEST_FILE}` (sha256 of every file).",
         f"| Setting | Value |\n|---|---|\n{config_rows}" if config_rows else "",
         "## Training data and split",
