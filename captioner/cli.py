@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from captioner import hub
-from captioner.config import ModelConfig, TrainConfig
+from captioner.config import ATTENTION_KINDS, ModelConfig, TrainConfig
 from captioner.errors import CaptionerError
 from captioner.paths import cache_dir
 
@@ -48,8 +48,9 @@ def _features(args: argparse.Namespace) -> int:
     _import_tensorflow()
     data = load_flickr8k(args.data)
     print(data.summary(), file=sys.stderr)
-    names = data.images()
-    cache = extract_features([data.image_path(n) for n in names], args.cache, args.backbone, args.batch)
+    names = data.images("train") if args.flip else data.images()  # only training photos are ever shown mirrored
+    paths = [data.image_path(n) for n in names]
+    cache = extract_features(paths, args.cache, args.backbone, args.batch, flip=args.flip)
     print(f"{len(cache.images)} feature grids {tuple(cache.features.shape[1:])} float16 in {cache.path}")
     return 0
 
@@ -62,7 +63,9 @@ def _train(args: argparse.Namespace) -> int:
     from captioner.train import BEST_WEIGHTS, prepare_run
 
     data = load_flickr8k(args.data)
-    cache = open_cache(args.cache, args.backbone, backbones.get(args.backbone).input_size)
+    size = backbones.get(args.backbone).input_size
+    cache = open_cache(args.cache, args.backbone, size)
+    mirrored = open_cache(args.cache, args.backbone, size, flip=True) if args.flip else None
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
     log_file = (run / "train.log").open("a")
@@ -77,13 +80,13 @@ def _train(args: argparse.Namespace) -> int:
         attention_penalty=args.attention_penalty, patience=args.patience, min_count=args.min_count,
         seed=args.seed, glove=args.glove, time_budget_minutes=args.time_budget, scst_epochs=args.scst_epochs,
         scst_learning_rate=args.scst_lr, scst_ema_decay=args.scst_ema, scst_bleu_weight=args.scst_bleu,
-        scst_select_beam=args.scst_select_beam,
+        scst_select_beam=args.scst_select_beam, flip_probability=args.flip,
     )  # fmt: skip
     overrides = {"units": args.units, "feature_dim": args.units, "attention_units": args.attention_units,
                  "dropout": args.dropout, "attention_gate": not args.no_gate,
-                 "image_input": not args.no_image_input}  # fmt: skip
+                 "image_input": not args.no_image_input, "attention": args.attention}  # fmt: skip
     log(f"$ captioner {' '.join(sys.argv[1:])}")
-    best = prepare_run(data, cache, run, overrides, config, log).fit(log)
+    best = prepare_run(data, cache, run, overrides, config, log, mirrored).fit(log)
     log(f"best dev BLEU-4 {best:.2f}; weights in {run / BEST_WEIGHTS}")
     return 0
 
@@ -195,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", default=MODEL.backbone)
     p.add_argument("--cache", default=default_cache, help=f"feature cache root (default {default_cache})")
     p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--flip", action="store_true", help="cache the training photos mirrored (for train --flip)")
     p.set_defaults(handler=_features)
 
     p = sub.add_parser("train", help="train the decoder on cached features (train split; early stop on dev)")
@@ -209,6 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention-units", type=int, default=MODEL.attention_units)
     p.add_argument("--dropout", type=float, default=MODEL.dropout)
     p.add_argument("--no-gate", action="store_true", help="drop the β gate on the attention context")
+    p.add_argument("--attention", default=MODEL.attention, choices=ATTENTION_KINDS)
+    p.add_argument(
+        "--flip",
+        type=float,
+        default=TRAIN.flip_probability,
+        help="show each training image mirrored with this probability (needs `features --flip`)",
+    )
     p.add_argument("--label-smoothing", type=float, default=TRAIN.label_smoothing)
     p.add_argument("--ema", type=float, default=TRAIN.ema_decay, help="weight moving-average decay per step (0 = off)")
     p.add_argument("--no-image-input", action="store_true", help="attention LSTM reads words only, not the mean region")

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from captioner.errors import ModelError
 
+ATTENTION_KINDS = ("additive", "dot", "multihead")  # captioner.layers.ATTENTION's keys, named without Keras
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -65,6 +67,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     ema_decay: float = 0.998  # cross-entropy phase: evaluate and keep an exponential moving average of the weights
     attention_penalty: float = 1.0  # doubly stochastic regularisation (Show, Attend and Tell)
+    flip_probability: float = 0.0  # cross-entropy batches show each image mirrored with this probability (0 = off)
     patience: int = 4
     min_count: int = 5
     coverage: float = 0.99

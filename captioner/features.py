@@ -160,23 +160,25 @@ class FeatureCache:
         return np.array([index[n] for n in names])
 
 
-def cache_key(backbone: str, input_size: int) -> str:
-    """Hash of everything that determines the cached features."""
-    blob = json.dumps({"backbone": backbone, "size": input_size, "resize": "bilinear", "v": FEATURE_VERSION})
+def cache_key(backbone: str, input_size: int, flip: bool = False) -> str:
+    """Hash of everything that determines the cached features (`flip`: of the mirrored images)."""
+    settings = {"backbone": backbone, "size": input_size, "resize": "bilinear", "v": FEATURE_VERSION}
+    blob = json.dumps({**settings, "flip": True} if flip else settings)  # unflipped caches keep their key
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def cache_dir_for(root: str | Path, backbone: str, input_size: int) -> Path:
-    return Path(root) / f"{backbone}_{input_size}"
+def cache_dir_for(root: str | Path, backbone: str, input_size: int, flip: bool = False) -> Path:
+    return Path(root) / f"{backbone}_{input_size}{'_flip' if flip else ''}"
 
 
-def open_cache(root: str | Path, backbone: str, input_size: int) -> FeatureCache:
-    """Open a complete cache; raises DataError if it is missing, partial or built differently."""
-    path = cache_dir_for(root, backbone, input_size)
+def open_cache(root: str | Path, backbone: str, input_size: int, flip: bool = False) -> FeatureCache:
+    """Open a complete cache (`flip`: of mirrored images); raises DataError if missing, partial or built otherwise."""
+    path = cache_dir_for(root, backbone, input_size, flip)
     manifest = _read_manifest(path)
     if manifest is None or not manifest.get("complete"):
-        raise DataError(f"No complete feature cache at {path}. Run `captioner features --backbone {backbone}` first.")
-    if manifest["key"] != cache_key(backbone, input_size):
+        command = f"captioner features --backbone {backbone}{' --flip' if flip else ''}"
+        raise DataError(f"No complete feature cache at {path}. Run `{command}` first.")
+    if manifest["key"] != cache_key(backbone, input_size, flip):
         raise DataError(f"Feature cache {path} was built with other settings; rerun `captioner features`.")
     shape = tuple(manifest["shape"])
     features = np.memmap(path / "features.f16", dtype=np.float16, mode="r", shape=shape)
@@ -201,31 +203,36 @@ def use_onednn() -> bool:
     return os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1").lower() in ("1", "true")
 
 
-def _decoded(paths: Sequence[Path], size: int, batch: int) -> Iterator[np.ndarray]:
-    """Yield uint8 batches; decoding runs in threads (PIL releases the GIL) ahead of the model."""
+def _decoded(paths: Sequence[Path], size: int, batch: int, flip: bool = False) -> Iterator[np.ndarray]:
+    """Yield uint8 batches (mirrored left to right with `flip`); decoding runs in threads ahead of the model."""
     with ThreadPoolExecutor(max_workers=2) as pool:
         for start in range(0, len(paths), batch):
-            chunk = paths[start : start + batch]
-            yield np.stack(list(pool.map(lambda p: prepare_image(p, size), chunk)))
+            chunk = np.stack(list(pool.map(lambda p: prepare_image(p, size), paths[start : start + batch])))
+            yield np.ascontiguousarray(chunk[:, :, ::-1]) if flip else chunk
 
 
 def extract_features(
-    image_paths: Sequence[Path], root: str | Path, backbone: str, batch_size: int = 32, progress: bool = True
+    image_paths: Sequence[Path],
+    root: str | Path,
+    backbone: str,
+    batch_size: int = 32,
+    progress: bool = True,
+    flip: bool = False,
 ) -> FeatureCache:
-    """Write the feature grid of every image into the cache under `root`; resumes a partial run."""
+    """Write the feature grid of every image (`flip`: of its mirror image) into the cache under `root`; resumes."""
     from tqdm.auto import tqdm
 
     from captioner import backbones
 
     spec = backbones.get(backbone)
     size = spec.input_size
-    path = cache_dir_for(root, backbone, size)
+    path = cache_dir_for(root, backbone, size, flip)
     path.mkdir(parents=True, exist_ok=True)
     names = [p.name for p in image_paths]
-    key = cache_key(backbone, size)
+    key = cache_key(backbone, size, flip)
     manifest = _read_manifest(path)
     if manifest and manifest.get("complete") and manifest["key"] == key and manifest["images"] == names:
-        return open_cache(root, backbone, size)
+        return open_cache(root, backbone, size, flip)
 
     model = backbones.build_inference(backbone)  # ImageNet weights, BatchNorm folded
     grid_shape = tuple(int(d) for d in model.output_shape[1:])
@@ -249,7 +256,7 @@ def extract_features(
         total=len(names), initial=len(names) - len(todo), unit="img", disable=not progress, desc=f"features {backbone}"
     )
     todo_paths = [image_paths[i] for i in todo]
-    for start, batch in zip(range(0, len(todo), batch_size), _decoded(todo_paths, size, batch_size), strict=True):
+    for start, batch in zip(range(0, len(todo), batch_size), _decoded(todo_paths, size, batch_size, flip), strict=True):
         rows = todo[start : start + len(batch)]
         data[rows] = model.predict_on_batch(batch).astype(np.float16)
         data.flush()
@@ -262,4 +269,4 @@ def extract_features(
     del data
     manifest["complete"] = True
     write_atomic(path / "manifest.json", json.dumps(manifest))
-    return open_cache(root, backbone, size)
+    return open_cache(root, backbone, size, flip)

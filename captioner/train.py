@@ -14,9 +14,11 @@ import numpy as np
 import tensorflow as tf
 
 from captioner import glove
+from captioner.augment import flipped_ids
 from captioner.config import ModelConfig, TrainConfig
 from captioner.data import Flickr8k
 from captioner.decode import BeamSearch, emittable_words
+from captioner.errors import DataError
 from captioner.features import FeatureCache
 from captioner.files import CONFIG_FILE, VOCAB_FILE
 from captioner.metrics import CiderD, corpus_bleu, sentence_bleu, tokenize
@@ -213,7 +215,16 @@ class Trainer:
         )
         return corpus_bleu([c.tokens for c in captions], references)["bleu4"]
 
-    def fit(self, train_feats, train_tokens, dev_feats, dev_refs, log, reward: CaptionReward | None = None) -> float:
+    def fit(
+        self,
+        train_feats,
+        train_tokens,
+        dev_feats,
+        dev_refs,
+        log,
+        reward: CaptionReward | None = None,
+        mirrored: Mirrored | None = None,
+    ) -> float:
         """Cross-entropy until epochs/patience, then optional self-critical epochs; returns the best dev BLEU-4.
 
         Every epoch ends with decoding dev; the best weights so far stay in best.weights.h5. A resumed run carries on
@@ -223,23 +234,33 @@ class Trainer:
             self.checkpoint.restore(self.manager.latest_checkpoint)
             log(f"resumed from {self.manager.latest_checkpoint} at epoch {int(self.epoch)}")
         if int(self.scst_start) < 0:
-            finished = self.cross_entropy_phase(train_feats, train_tokens, dev_feats, dev_refs, log)
+            finished = self.cross_entropy_phase(train_feats, train_tokens, dev_feats, dev_refs, log, mirrored)
             if not finished or self.config.scst_epochs == 0 or reward is None:
                 return float(self.best)
             self._begin_self_critical(dev_feats, dev_refs, log)
         self.self_critical_phase(train_feats, reward, dev_feats, dev_refs, log)
         return float(self.best)
 
-    def cross_entropy_phase(self, train_feats, train_tokens, dev_feats, dev_refs, log) -> bool:
-        """Teacher-forced epochs until `epochs` or `patience`; False if the time budget stopped the run first."""
+    def cross_entropy_phase(
+        self, train_feats, train_tokens, dev_feats, dev_refs, log, mirrored: Mirrored | None = None
+    ) -> bool:
+        """Teacher-forced epochs until `epochs` or `patience`; False if the time budget stopped the run first.
+
+        With `mirrored`, each image of a batch is shown mirrored (its captions' sides swapped) with probability
+        `flip_probability`.
+        """
         while int(self.epoch) < self.config.epochs and int(self.bad_epochs) < self.config.patience:
             t0, rng, bar = self._epoch_start()
             losses = []
             for idx in bar(length_batches(train_tokens, self.config.batch_images, rng)):
                 idx = np.sort(idx)
-                tok = train_tokens[idx]
+                feats, tok = train_feats[idx], train_tokens[idx]
+                if mirrored is not None:
+                    flip = rng.random(len(idx)) < self.config.flip_probability
+                    feats = np.where(flip[:, None, None, None], mirrored.features[idx], feats)
+                    tok = np.where(flip[:, None, None], mirrored.tokens[idx], tok)
                 tok = tok[:, :, : int((tok > 0).sum(-1).max())]  # pad only to this batch's longest caption
-                losses.append(float(self.train_step(train_feats[idx], tok)))
+                losses.append(float(self.train_step(feats, tok)))
             if not self._end_epoch(f"loss {np.mean(losses):.4f}", t0, dev_feats, dev_refs, log):
                 return False
         return True
@@ -307,6 +328,14 @@ class Trainer:
 
 
 @dataclass(frozen=True)
+class Mirrored:
+    """The training images mirrored left to right: their feature grids and their captions with sides swapped."""
+
+    features: np.ndarray  # (N, H, W, C), rows as the training features
+    tokens: np.ndarray  # (N, 5, L), as the training caption ids, "left" <-> "right"
+
+
+@dataclass(frozen=True)
 class PreparedRun:
     """A trainer with everything its `fit` needs: features, caption ids, dev references and the self-critical reward."""
 
@@ -316,18 +345,34 @@ class PreparedRun:
     dev_features: np.ndarray
     dev_references: list[list[list[str]]]
     reward: CaptionReward | None
+    mirrored: Mirrored | None = None
 
     def fit(self, log) -> float:
         """Train (resuming if the run has a checkpoint) and return the best dev BLEU-4."""
         return self.trainer.fit(
-            self.train_features, self.train_tokens, self.dev_features, self.dev_references, log, self.reward
+            self.train_features,
+            self.train_tokens,
+            self.dev_features,
+            self.dev_references,
+            log,
+            self.reward,
+            self.mirrored,
         )
 
 
 def prepare_run(
-    data: Flickr8k, cache: FeatureCache, run_dir: Path, model_overrides: dict, train_config: TrainConfig, log
+    data: Flickr8k,
+    cache: FeatureCache,
+    run_dir: Path,
+    model_overrides: dict,
+    train_config: TrainConfig,
+    log,
+    mirrored_cache: FeatureCache | None = None,
 ) -> PreparedRun:
-    """Vocabulary, embeddings, config and arrays for a run; reuses the run's saved vocabulary when resuming."""
+    """Vocabulary, embeddings, config and arrays for a run; reuses the run's saved vocabulary when resuming.
+
+    `mirrored_cache` (the features of the mirrored images) is needed when `train_config.flip_probability` > 0.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     train_names, dev_names = data.images("train"), data.images("dev")
     if (run_dir / VOCAB_FILE).is_file():
@@ -367,4 +412,12 @@ def prepare_run(
     if train_config.scst_epochs:
         train_refs = [[tokenize(c) for c in data.captions[n]] for n in train_names]
         reward = CaptionReward(train_refs, train_config.scst_bleu_weight)
-    return PreparedRun(trainer, train_feats, train_tokens, dev_feats, dev_refs, reward)
+    mirrored = None
+    if train_config.flip_probability > 0:
+        if mirrored_cache is None:
+            raise DataError("Flip augmentation needs the mirrored images' features: run `captioner features --flip`.")
+        mirrored = Mirrored(
+            np.asarray(mirrored_cache.features[mirrored_cache.rows(train_names)]), flipped_ids(vocab)[train_tokens]
+        )
+        log(f"flip augmentation: each image mirrored with probability {train_config.flip_probability:g}")
+    return PreparedRun(trainer, train_feats, train_tokens, dev_feats, dev_refs, reward, mirrored)

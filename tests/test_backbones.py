@@ -21,7 +21,7 @@ from captioner.paths import ASSETS_DIR
 
 SHARED_BACKBONES = Path(__file__).resolve().parents[1].parent / "shared" / "backbones"
 LITE_NAMES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
-KERAS_APP_NAMES = ("mobilenet_v2", "resnet50", "inception_v3", "efficientnet_b0")
+KERAS_APP_NAMES = ("mobilenet_v2", "resnet50", "vgg16", "inception_v3", "efficientnet_b0")
 
 
 def needs_wheel(name: str) -> None:

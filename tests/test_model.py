@@ -145,3 +145,9 @@ def test_multihead_attention_reports_the_mean_of_its_heads_maps():
 def test_an_unknown_attention_kind_is_a_clear_error():
     with pytest.raises(ModelError, match="Unknown attention 'cosine'"):
         build_decoder(_config(attention="cosine"))
+
+
+def test_the_attention_kinds_the_command_line_offers_are_the_layers_there_are():
+    from captioner.config import ATTENTION_KINDS
+
+    assert sorted(ATTENTION_KINDS) == sorted(ATTENTION)

@@ -63,6 +63,7 @@ def _register_builtins() -> None:
     for name, constructor, size, grid, channels, mode, preprocessing in (
         ("mobilenet_v2", "MobileNetV2", 224, 7, 1280, "tf", "x / 127.5 - 1"),
         ("resnet50", "ResNet50", 224, 7, 2048, "caffe", "RGB -> BGR, minus the ImageNet BGR means"),
+        ("vgg16", "VGG16", 224, 7, 512, "caffe", "RGB -> BGR, minus the ImageNet BGR means"),
         ("inception_v3", "InceptionV3", 299, 8, 2048, "tf", "x / 127.5 - 1"),
         ("efficientnet_b0", "EfficientNetB0", 224, 7, 1280, "raw", "x as float; normalised inside the model"),
     ):

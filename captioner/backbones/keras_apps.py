@@ -1,4 +1,4 @@
-"""keras.applications backbones (MobileNetV2, ResNet50, InceptionV3, EfficientNetB0) behind the same uint8 interface.
+"""keras.applications backbones (MobileNetV2, ResNet50, VGG16, InceptionV3, EfficientNetB0) behind one uint8 interface.
 
 Their ImageNet weights download from Google's servers the usual Keras way.
 """
