@@ -98,6 +98,23 @@ def test_tuned_decoding_comes_from_metrics_and_each_bad_field_falls_back_to_its_
     assert Decoding.from_metrics({"decoding": {"length_penalty": 1}}) == Decoding(length_penalty=1.0)
 
 
+def test_decoding_defaults_to_the_tuned_settings_and_decodes_feature_grids_alike(tiny_model_dir, photo_bytes, tmp_path):
+    tuned_dir = tmp_path / "tuned"
+    shutil.copytree(tiny_model_dir, tuned_dir)
+    decoding = {"beam_size": 2, "length_penalty": 0.3, "block_repeats": True, "max_length": 6}
+    (tuned_dir / "metrics.json").write_text(json.dumps({"decoding": decoding}))
+    cap = Captioner.from_directory(tuned_dir)
+    assert cap.tuned == Decoding(beam_size=2, length_penalty=0.3, block_repeats=True)
+    encoded = cap.encode([photo_bytes])
+    default = cap.decode(encoded)[0]
+    explicit = cap.decode(encoded, beam_size=2, length_penalty=0.3, block_repeats=True)[0]
+    grids = cap.decode_features(encoded.features)[0]
+    assert (default.text, default.log_prob) == (explicit.text, explicit.log_prob) == (grids.text, grids.log_prob)
+    assert cap.caption([photo_bytes])[0].text == default.text
+    greedy = cap.decode_features(encoded.features, beam_size=1)[0]
+    assert greedy.text == cap.decode(encoded, beam_size=1, length_penalty=0.3, block_repeats=True)[0].text
+
+
 def test_bad_image_names_the_file(model):
     with pytest.raises(ImageError, match=r"^broken\.png: not a recognised image"):
         model.encode([b"not an image"], names=["broken.png"])
