@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +15,29 @@ FLICKR8K = SHARED / "flickr8k"
 PHOTOS = SHARED / "photos"
 
 
+def in_ci() -> bool:
+    """True under CI=true, where .ci/run has put ../shared beside the clone and installed every extra."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1")
+
+
+def needs(available: bool, reason: str) -> None:
+    """Skip the calling test when something it needs is absent; under CI=true fail instead, so CI cannot go green
+    without the tests that need ../shared, the weight wheels or the browser."""
+    if available:
+        return
+    if in_ci():
+        pytest.fail(f"{reason}; CI=true, so this is a failure, not a skip", pytrace=False)
+    pytest.skip(reason)
+
+
 def needs_shared(path: Path = SHARED) -> None:
-    """Skip the calling test with a clear reason when ../shared (or a part of it) is absent."""
-    if not path.exists():
-        pytest.skip(f"needs {path} (the team's ../shared data folder); absent on a fresh clone")
+    """Skip (fail under CI=true) the calling test with a clear reason when ../shared (or a part of it) is absent."""
+    needs(path.exists(), f"needs {path} (the team's ../shared data folder); absent on a fresh clone")
+
+
+def needs_module(module: str, reason: str) -> None:
+    """Skip (fail under CI=true) the calling test when a module (a weight wheel, playwright) is not installed."""
+    needs(importlib.util.find_spec(module) is not None, reason)
 
 
 TINY_CAPTIONS = {

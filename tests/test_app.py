@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import streamlit as st
-from conftest import PHOTOS, REPO, talkative_copy
+from conftest import PHOTOS, REPO, in_ci, talkative_copy
 from PIL import Image
 from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
@@ -80,6 +80,8 @@ def _gif_animation() -> bytes:
 def full_photo() -> tuple[str, bytes]:
     """A full-resolution Flickr8k original from ../shared, else a generated 500×375 photo with EXIF orientation."""
     photos = sorted(PHOTOS.glob("*.jpg")) if PHOTOS.is_dir() else []
+    if not photos and in_ci():
+        pytest.fail(f"needs the full-resolution photos in {PHOTOS}; CI=true, so this is a failure", pytrace=False)
     if photos:
         return photos[0].name, photos[0].read_bytes()
     return "generated.jpg", _jpeg(500, 375, orientation=6)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED, needs
 from nltk.translate import bleu_score as nltk_bleu
 
 from captioner.errors import DataError
@@ -26,8 +27,6 @@ from captioner.evaluate import (
     tokenize,
     write_report,
 )
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
 def toks(*captions: str) -> list[list[str]]:
@@ -362,9 +361,8 @@ def test_read_report_names_the_malformed_field(tmp_path: Path, field: str, damag
 def test_human_reference_against_the_other_four_matches_published_bleu() -> None:
     captions_file = SHARED / "flickr8k" / "captions.txt"
     split_file = SHARED / "flickr8k" / "Flickr_8k.testImages.txt"
-    if not captions_file.is_file() or not split_file.is_file():
-        needed = "needs ../shared/flickr8k/captions.txt and Flickr_8k.testImages.txt"
-        pytest.skip(f"{needed} (looked in {SHARED})")
+    needed = "needs ../shared/flickr8k/captions.txt and Flickr_8k.testImages.txt"
+    needs(captions_file.is_file() and split_file.is_file(), f"{needed} (looked in {SHARED})")
     test_images = split_file.read_text(encoding="utf-8").split()
     by_image: dict[str, list[str]] = defaultdict(list)
     with captions_file.open(encoding="utf-8", newline="") as f:
