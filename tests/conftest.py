@@ -47,20 +47,37 @@ TINY_CAPTIONS = {
 }
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    """A complete model directory (random Lite0 backbone + small decoder) that loads like the bundled one."""
+# Output biases that make a random decoder say a few real words: <end> is rare, <pad>/<start>/<unk> never chosen.
+TALKATIVE_BIAS = {"<pad>": -20.0, "<start>": -20.0, "<unk>": -20.0, "<end>": -4.0}
+
+
+def tiny_model(talkative: bool = False):
+    """(ImageCaptioner, ModelConfig, Vocabulary): a random Lite0 backbone and a small decoder, in memory."""
     import keras
 
     from captioner import backbones
-    from captioner.hub import write_manifest
-    from captioner.model import ImageCaptioner, ModelConfig, build_decoder, save_model_dir
+    from captioner.model import ImageCaptioner, ModelConfig, build_decoder
     from captioner.text import Vocabulary
 
     keras.utils.set_random_seed(0)
     vocab = Vocabulary.build([c for caps in TINY_CAPTIONS.values() for c in caps], min_count=1)
     config = ModelConfig(vocab_size=len(vocab), max_length=6, units=32, feature_dim=32, attention_units=16)
     model = ImageCaptioner(backbones.build(config.backbone, weights=None), build_decoder(config))
+    if talkative:
+        kernel, bias = model.decoder.logits.get_weights()
+        for word, value in TALKATIVE_BIAS.items():
+            bias[vocab.id(word)] = value
+        model.decoder.logits.set_weights([kernel, bias])
+    return model, config, vocab
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A complete model directory (random Lite0 backbone + small decoder) that loads like the bundled one."""
+    from captioner.hub import write_manifest
+    from captioner.model import save_model_dir
+
+    model, config, vocab = tiny_model()
     path = save_model_dir(tmp_path_factory.mktemp("tiny") / "model", model, config, vocab.to_json())
     write_manifest(path)
     return path
@@ -100,8 +117,8 @@ def talkative_copy(model_dir: Path, out: Path) -> Path:
         f.visititems(lambda n, o: vectors.append(n) if getattr(o, "shape", None) == (len(words),) else None)
         (name,) = [n for n in vectors if f[n.replace("vars/1", "vars/0")].shape[-1] == len(words)]
         bias = f[name][()]
-        bias[[words.index(w) for w in ("<pad>", "<start>", "<unk>")]] = -20.0
-        bias[words.index("<end>")] = -4.0
+        for word, value in TALKATIVE_BIAS.items():
+            bias[words.index(word)] = value
         f[name][...] = bias
     write_manifest(out)
     return out
