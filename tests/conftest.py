@@ -97,11 +97,12 @@ def photo_bytes() -> bytes:
     return buf.getvalue()
 
 
-def talkative_copy(model_dir: Path, out: Path) -> Path:
+def talkative_copy(model_dir: Path, out: Path, end_bias: float = TALKATIVE_BIAS["<end>"]) -> Path:
     """A copy of the tiny model whose logits rarely pick <end> and never <pad>/<start>/<unk>.
 
     Random weights often end a caption at once; this copy always says a few real words, so attention has something
-    to show. Only the output bias changes, so it loads and runs exactly like the original.
+    to show. Only the output bias changes, so it loads and runs exactly like the original. A higher `end_bias` makes
+    `<end>` likely enough at every word that the length penalty α decides how long the beam caption is.
     """
     import json
     import shutil
@@ -117,7 +118,7 @@ def talkative_copy(model_dir: Path, out: Path) -> Path:
         f.visititems(lambda n, o: vectors.append(n) if getattr(o, "shape", None) == (len(words),) else None)
         (name,) = [n for n in vectors if f[n.replace("vars/1", "vars/0")].shape[-1] == len(words)]
         bias = f[name][()]
-        for word, value in TALKATIVE_BIAS.items():
+        for word, value in {**TALKATIVE_BIAS, "<end>": end_bias}.items():
             bias[words.index(word)] = value
         f[name][...] = bias
     write_manifest(out)

@@ -55,8 +55,9 @@ def test_paths_bytes_pil_images_and_arrays_give_the_same_features_and_captions(t
     (tmp_path / "p.jpg").write_bytes(photo_bytes)
     pil = Image.open(tmp_path / "p.jpg")
     encoded = talkative.encode([tmp_path / "p.jpg", photo_bytes, pil, np.asarray(pil)])
-    for kind, features in zip(("bytes", "PIL image", "array"), encoded.features[1:], strict=True):
-        np.testing.assert_allclose(features, encoded.features[0], atol=1e-5, err_msg=kind)
+    for i, kind in enumerate(("bytes", "PIL image", "array"), 1):
+        np.testing.assert_array_equal(encoded.images[i], encoded.images[0], err_msg=kind)  # the backbone's input
+        np.testing.assert_allclose(encoded.features[i], encoded.features[0], atol=1e-5, err_msg=kind)
     results = talkative.decode(encoded, beam_size=3)
     for r in results[1:]:
         _assert_same_n_best(results[0], r)
