@@ -1,4 +1,4 @@
-"""Shared bench helpers: timing with medians, locating ../shared."""
+"""Shared bench helpers: repeated timings reported as median and spread, locating ../shared."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -17,13 +18,27 @@ def need_shared() -> Path:
     return SHARED
 
 
-def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    """Median wall time of `fn` in milliseconds after `warmup` untimed calls."""
+@dataclass(frozen=True)
+class Timing:
+    """Wall times of repeated runs, in the unit they were measured in."""
+
+    runs: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.runs)
+
+    def __str__(self) -> str:
+        return f"median {self.median:8.1f} (min–max {min(self.runs):.1f}–{max(self.runs):.1f}, {len(self.runs)} runs)"
+
+
+def timed(fn: Callable[[], object], repeats: int, warmup: int = 2, scale: float = 1000.0) -> Timing:
+    """Wall time of `fn` over `repeats` runs after `warmup` untimed calls (tracing, caches); milliseconds by default."""
     for _ in range(warmup):
         fn()
-    times = []
+    runs = []
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
-        times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
+        runs.append((time.perf_counter() - t) * scale)
+    return Timing(runs)

@@ -1,99 +1,156 @@
-"""End-to-end caption latency and split evaluation time, vs the naive seed-style decoder on the same weights.
+"""End-to-end caption latency, and compiled beam search vs the same search driven from a Python loop.
 
-    python bench/latency.py [--model DIR|hf://...] [--repeats 20]
+    python bench/latency.py [--model DIR|hf://...] [--repeats 20] [--split-repeats 0]
 
-Prints medians: one 500×375 photo (decode, resize, backbone, caption) greedy and beam 5; a 12-megapixel
-JPEG greedy; the naive decoder (one model call per word and per hypothesis) on the same photo and the
-speed-up; and, with ../shared present, the whole test split greedy + beam 3.
+Every figure is the median of repeated runs with its min–max. End to end (decode, resize, backbone, caption): one
+500×375 photo greedy and beam 5, and a 12-megapixel JPEG greedy. Decode only: `BeamSearch` (one tf.while_loop) vs a
+Python loop over words that calls the same compiled `decoder.step` once per word for all k hypotheses, with the same
+masks (no <pad>/<start>/<unk>, repeats blocked as tuned), the same pool of k finished hypotheses ranked by
+log p / length**α and the same stopping rule; the bench checks that both give the same n-best on every photo before it
+prints a ratio. With --split-repeats N and ../shared present: the whole test split, greedy + beam 3, N runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import time
 
 import numpy as np
-from _common import SHARED, median_ms
+import tensorflow as tf
+from _common import SHARED, timed
 from PIL import Image
 
 from captioner import Captioner
+from captioner.decode import BeamSearch, emittable_words
 
 
-def naive_decode(model: Captioner, features: np.ndarray, beam_size: int) -> list[str]:
-    """The seed-style decoder: a Python loop calling the model once per word and per hypothesis."""
-    dec, vocab = model.model.decoder, model.vocab
-    regions, keys, states = dec.encode(features)
-    beams = [(0.0, [vocab.start_id], states)]
-    done = []
-    for _ in range(model.config.max_length + 1):
-        candidates = []
-        for score, seq, st in beams:
-            logp, _, new_st = dec.step(np.array([seq[-1]]), st, regions, keys)
-            logp = np.asarray(logp[0])
-            for w in np.argsort(logp)[-beam_size:]:
-                candidates.append((score + float(logp[w]), [*seq, int(w)], new_st))
-        candidates.sort(key=lambda c: c[0], reverse=True)
-        beams = []
-        for c in candidates[:beam_size]:
-            (done if c[1][-1] == vocab.end_id else beams).append(c)
-        if not beams or len(done) >= beam_size:
-            break
-    best = max(done or beams, key=lambda c: c[0])
-    return vocab.decode(best[1])
+class PythonLoopSearch:
+    """Beam search for one image as a Python loop over words; each word is one call of the compiled decoder step."""
+
+    def __init__(self, model: Captioner):
+        dec, self.vocab = model.decoder, model.vocab  # the decoder the search runs (an ensemble's too)
+        self.encode = tf.function(dec.encode, autograph=False)
+        self.step = tf.function(dec.step, autograph=False, reduce_retracing=True)
+        v = dec.vocab_size
+        ids = (self.vocab.unk_id, self.vocab.end_id)
+        self.allowed, self.last = (emittable_words(v, *ids, last).numpy() for last in (False, True))
+
+    def __call__(self, features: np.ndarray, k: int, alpha: float, max_length: int, block: bool) -> list[list[str]]:
+        """The n-best word lists, best first (features: one image, (1, H, W, C))."""
+        vocab = self.vocab
+        regions, keys, states = self.encode(tf.constant(features, tf.float32))
+        regions, keys = tf.repeat(regions, k, 0), tf.repeat(keys, k, 0)
+        states = [tf.repeat(s, k, 0) for s in states]
+        scores = np.array([0.0] + [-np.inf] * (k - 1), np.float32)  # only beam 0 is alive at the start
+        seqs, tokens, pool = [[] for _ in range(k)], np.full(k, vocab.start_id, np.int32), []
+        for t in range(max_length + 1):
+            logp, _, states = self.step(tf.constant(tokens), states, regions, keys)
+            logp = np.where(self.last if t == max_length else self.allowed, logp.numpy(), -np.inf)
+            if block:
+                for beam, seq in enumerate(seqs):
+                    logp[beam, _repeating(seq)] = -np.inf
+            total = (scores[:, None] + logp).astype(np.float32).ravel()
+            order = np.argsort(-total, kind="stable")[: 2 * k]
+            candidates = [(total[i], *divmod(int(i), logp.shape[1])) for i in order]
+            for rank, (value, beam, word) in enumerate(candidates):
+                if word == vocab.end_id and rank < k and np.isfinite(value):
+                    pool.append((float(value) / (t + 1) ** alpha, seqs[beam]))
+            pool = sorted(pool, key=lambda h: -h[0])[:k]
+            if len(pool) == k:
+                break
+            live = [c for c in candidates if c[2] != vocab.end_id][:k]
+            scores = np.array([value for value, _, _ in live], np.float32)
+            seqs = [[*seqs[beam], word] for _, beam, word in live]
+            parents = tf.constant([beam for _, beam, _ in live])
+            states = [tf.gather(s, parents) for s in states]
+            tokens = np.array([word for _, _, word in live], np.int32)
+        return [[vocab.words[w] for w in seq] for _, seq in pool]
 
 
-def photo_bytes(width: int, height: int) -> bytes:
-    if width == 500 and SHARED.exists():
-        for p in sorted((SHARED / "photos").glob("*.jpg")):
-            if Image.open(p).size == (500, 375):
-                return p.read_bytes()
+def _repeating(seq: list[int]) -> list[int]:
+    """Words that would repeat a trigram already in `seq`."""
+    if len(seq) < 3:
+        return []
+    return [seq[i + 2] for i in range(len(seq) - 2) if (seq[i], seq[i + 1]) == (seq[-2], seq[-1])]
+
+
+def photos(width: int, height: int, count: int) -> list[bytes]:
+    """`count` JPEGs of width×height: Flickr8k originals from ../shared when there are, else generated ones."""
+    found = []
+    if SHARED.exists():
+        found = [p.read_bytes() for p in sorted((SHARED / "photos").glob("*.jpg"))
+                 if Image.open(p).size == (width, height)]  # fmt: skip
     rng = np.random.default_rng(0)
-    x = np.linspace(0, 255, width)[None, :, None] * np.ones((height, 1, 3))
-    x = np.clip(x + rng.normal(0, 25, (height, width, 3)), 0, 255).astype(np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(x).save(buf, "JPEG", quality=90)
-    return buf.getvalue()
+    while len(found) < count:
+        x = np.linspace(0, 255, width)[None, :, None] * np.ones((height, 1, 3))
+        x = np.clip(x + rng.normal(0, 25, (height, width, 3)), 0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(x).save(buf, "JPEG", quality=90)
+        found.append(buf.getvalue())
+    return found[:count]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default=None)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--photos", type=int, default=8, help="photos on which both searches must agree")
+    parser.add_argument("--split-repeats", type=int, default=0, help="runs over the whole test split (needs ../shared)")
     args = parser.parse_args()
     model = Captioner.load(args.model)
-    photo, big = photo_bytes(500, 375), photo_bytes(4000, 3000)
+    d = model.tuned
     print(f"model {model.info.source} ({model.config.backbone}, grid {model.config.grid})")
+    print(f"decoding as tuned on dev: α={d.length_penalty}, repeats blocked: {d.block_repeats}; times in ms")
+    tuned = {"length_penalty": d.length_penalty, "block_repeats": d.block_repeats}
+    photo, big = photos(500, 375, 1)[0], photos(4000, 3000, 1)[0]
+    greedy = timed(lambda: model.caption([photo], 1, **tuned), args.repeats)
+    print(f"500×375 photo end to end, greedy: {greedy}  (target <= 80)")
+    print(f"500×375 photo end to end, beam 5: {timed(lambda: model.caption([photo], 5, **tuned), args.repeats)}"
+          "  (target <= 200)")  # fmt: skip
+    big_greedy = timed(lambda: model.caption([big], 1, **tuned), max(5, args.repeats // 4))
+    print(f"12 MP JPEG end to end, greedy:    {big_greedy}  (target <= 250)")
 
-    print(f"decoding as tuned on dev: {model.tuned}")  # caption() and decode_features() default to it
-    greedy = median_ms(lambda: model.caption([photo], beam_size=1), args.repeats)
-    beam5 = median_ms(lambda: model.caption([photo], beam_size=5), args.repeats)
-    big_greedy = median_ms(lambda: model.caption([big], beam_size=1), max(5, args.repeats // 4))
-    print(f"500×375 photo end to end, greedy:  median {greedy:7.1f} ms   (target <= 80)")
-    print(f"500×375 photo end to end, beam 5:  median {beam5:7.1f} ms   (target <= 200)")
-    print(f"12 MP JPEG end to end, greedy:     median {big_greedy:7.1f} ms   (target <= 250)")
+    loop, n = PythonLoopSearch(model), model.config.max_length
+    feats = model.encode(photos(500, 375, args.photos)).features
+    print(f"decode only, per photo, over {len(feats)} photos one at a time (both sides the same photos and settings):")
+    for k in (1, 3, 5):
+        compiled = [[h.tokens for h in model.decode_features(f[None], k)[0]
+                     .n_best] for f in feats]  # fmt: skip
+        looped = [loop(f[None], k, d.length_penalty, n, d.block_repeats) for f in feats]
+        assert compiled == looped, f"beam {k}: the two searches disagree on the n-best"
+        each = len(feats)
+        fast = timed(lambda k=k: [model.decode_features(f[None], k)
+                                  for f in feats], args.repeats, scale=1000 / each)  # fmt: skip
+        slow = timed(lambda k=k: [loop(f[None], k, d.length_penalty, n, d.block_repeats) for f in feats],
+                     args.repeats, scale=1000 / each)  # fmt: skip
+        print(
+            f"  beam {k}: same n-best on all {each} photos. tf.while_loop {fast}; Python loop over the "
+            f"compiled step {slow} -> {slow.median / fast.median:4.1f}x"
+        )
 
-    feats = model.encode([photo]).features
-    for k in (1, 5):  # the naive decoder neither normalises length nor blocks repeats, so neither does this search
-        plain = {"beam_size": k, "length_penalty": 0.0, "block_repeats": False}
-        compiled = median_ms(lambda plain=plain: model.decode_features(feats, **plain), args.repeats)
-        naive = median_ms(lambda k=k: naive_decode(model, feats, k), max(3, args.repeats // 4), warmup=1)
-        print(f"decode only, beam {k}: compiled {compiled:6.1f} ms, naive seed-style {naive:7.1f} ms "
-              f"-> {naive / compiled:5.1f}x faster")  # fmt: skip
+    if len(model.decoders) > 1:  # what the ensemble costs: the same search over its first member alone
+        single = BeamSearch(model.decoders[0], model.vocab, model.config.grid)
+        print(f"ensemble of {len(model.decoders)} decoders vs its first decoder alone, decode only, per photo:")
+        for k in (1, 5):
+            one = timed(lambda k=k: [single(f[None], k, d.length_penalty, n, block_repeats=d.block_repeats)
+                                     for f in feats], args.repeats, scale=1000 / len(feats))  # fmt: skip
+            all_k = timed(lambda k=k: [model.decode_features(f[None], k) for f in feats], args.repeats,
+                          scale=1000 / len(feats))  # fmt: skip
+            print(f"  beam {k}: K=1 {one}; K={len(model.decoders)} {all_k} -> {all_k.median / one.median:4.2f}x")
 
-    if SHARED.exists():
+    if args.split_repeats and SHARED.exists():
         from captioner.data import load_flickr8k
         from captioner.evaluate import encode_split
 
         data = load_flickr8k(SHARED / "flickr8k")
-        t = time.perf_counter()
-        f = encode_split(model, data, "test")
-        for k in (1, 3):
-            model.decode_features(f, beam_size=k)
-        print(f"test split (1,000 images) greedy + beam 3, images read from disk: {time.perf_counter() - t:5.1f} s "
-              "(target <= 90)")  # fmt: skip
-    else:
-        print(f"skip: test-split timing needs {SHARED}")
+
+        def split() -> None:
+            f = encode_split(model, data, "test")
+            for k in (1, 3):
+                model.decode_features(f, k)
+
+        runs = timed(split, args.split_repeats, warmup=0, scale=1.0)
+        print(f"test split (1,000 images read from disk) greedy + beam 3, s: {runs}  (target <= 90)")
 
 
 if __name__ == "__main__":

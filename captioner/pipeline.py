@@ -88,8 +88,8 @@ class Captioner:
         """
         self.model, self.config, self.vocab, self.info = model, config, vocab, info
         self.decoders = [model.decoder, *members]
-        decoder = EnsembleDecoder(self.decoders) if members else model.decoder
-        self.search = BeamSearch(decoder, vocab, config.grid)
+        self.decoder = EnsembleDecoder(self.decoders) if members else model.decoder  # what decoding runs
+        self.search = BeamSearch(self.decoder, vocab, config.grid)
         # Traced once, without AutoGraph or Keras' predict machinery: quicker to compile on a cold start and to call.
         self._backbone = tf.function(
             lambda images: model.backbone(images, training=False),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +15,29 @@ FLICKR8K = SHARED / "flickr8k"
 PHOTOS = SHARED / "photos"
 
 
+def in_ci() -> bool:
+    """True under CI=true, where .ci/run has put ../shared beside the clone and installed every extra."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1")
+
+
+def needs(available: bool, reason: str) -> None:
+    """Skip the calling test when something it needs is absent; under CI=true fail instead, so CI cannot go green
+    without the tests that need ../shared, the weight wheels or the browser."""
+    if available:
+        return
+    if in_ci():
+        pytest.fail(f"{reason}; CI=true, so this is a failure, not a skip", pytrace=False)
+    pytest.skip(reason)
+
+
 def needs_shared(path: Path = SHARED) -> None:
-    """Skip the calling test with a clear reason when ../shared (or a part of it) is absent."""
-    if not path.exists():
-        pytest.skip(f"needs {path} (the team's ../shared data folder); absent on a fresh clone")
+    """Skip (fail under CI=true) the calling test with a clear reason when ../shared (or a part of it) is absent."""
+    needs(path.exists(), f"needs {path} (the team's ../shared data folder); absent on a fresh clone")
+
+
+def needs_module(module: str, reason: str) -> None:
+    """Skip (fail under CI=true) the calling test when a module (a weight wheel, playwright) is not installed."""
+    needs(importlib.util.find_spec(module) is not None, reason)
 
 
 TINY_CAPTIONS = {
@@ -26,14 +47,16 @@ TINY_CAPTIONS = {
 }
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    """A complete model directory (random Lite0 backbone + small decoder) that loads like the bundled one."""
+# Output biases that make a random decoder say a few real words: <end> is rare, <pad>/<start>/<unk> never chosen.
+TALKATIVE_BIAS = {"<pad>": -20.0, "<start>": -20.0, "<unk>": -20.0, "<end>": -4.0}
+
+
+def tiny_model(talkative: bool = False):
+    """(ImageCaptioner, ModelConfig, Vocabulary): a random Lite0 backbone and a small decoder, in memory."""
     import keras
 
     from captioner import backbones
-    from captioner.hub import write_manifest
-    from captioner.model import ImageCaptioner, ModelConfig, build_decoder, save_model_dir
+    from captioner.model import ImageCaptioner, ModelConfig, build_decoder
     from captioner.text import Vocabulary
 
     keras.utils.set_random_seed(0)
@@ -41,6 +64,21 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     config = ModelConfig(backbone="efficientnet_lite0", image_size=224, grid=(7, 7), vocab_size=len(vocab),
                          max_length=6, units=32, feature_dim=32, attention_units=16, image_input=False)  # fmt: skip
     model = ImageCaptioner(backbones.build(config.backbone, weights=None), build_decoder(config))
+    if talkative:
+        kernel, bias = model.decoder.logits.get_weights()
+        for word, value in TALKATIVE_BIAS.items():
+            bias[vocab.id(word)] = value
+        model.decoder.logits.set_weights([kernel, bias])
+    return model, config, vocab
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A complete model directory (random Lite0 backbone + small decoder) that loads like the bundled one."""
+    from captioner.hub import write_manifest
+    from captioner.model import save_model_dir
+
+    model, config, vocab = tiny_model()
     path = save_model_dir(tmp_path_factory.mktemp("tiny") / "model", model, config, vocab.to_json())
     write_manifest(path)
     return path
@@ -60,11 +98,12 @@ def photo_bytes() -> bytes:
     return buf.getvalue()
 
 
-def talkative_copy(model_dir: Path, out: Path) -> Path:
+def talkative_copy(model_dir: Path, out: Path, end_bias: float = TALKATIVE_BIAS["<end>"]) -> Path:
     """A copy of the tiny model whose logits rarely pick <end> and never <pad>/<start>/<unk>.
 
     Random weights often end a caption at once; this copy always says a few real words, so attention has something
-    to show. Only the output bias changes, so it loads and runs exactly like the original.
+    to show. Only the output bias changes, so it loads and runs exactly like the original. A higher `end_bias` makes
+    `<end>` likely enough at every word that the length penalty α decides how long the beam caption is.
     """
     import json
     import shutil
@@ -80,8 +119,8 @@ def talkative_copy(model_dir: Path, out: Path) -> Path:
         f.visititems(lambda n, o: vectors.append(n) if getattr(o, "shape", None) == (len(words),) else None)
         (name,) = [n for n in vectors if f[n.replace("vars/1", "vars/0")].shape[-1] == len(words)]
         bias = f[name][()]
-        bias[[words.index(w) for w in ("<pad>", "<start>", "<unk>")]] = -20.0
-        bias[words.index("<end>")] = -4.0
+        for word, value in {**TALKATIVE_BIAS, "<end>": end_bias}.items():
+            bias[words.index(word)] = value
         f[name][...] = bias
     write_manifest(out)
     return out

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import streamlit as st
-from conftest import PHOTOS, REPO, talkative_copy
+from conftest import PHOTOS, REPO, in_ci, talkative_copy
 from PIL import Image
 from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
@@ -80,6 +80,8 @@ def _gif_animation() -> bytes:
 def full_photo() -> tuple[str, bytes]:
     """A full-resolution Flickr8k original from ../shared, else a generated 500×375 photo with EXIF orientation."""
     photos = sorted(PHOTOS.glob("*.jpg")) if PHOTOS.is_dir() else []
+    if not photos and in_ci():
+        pytest.fail(f"needs the full-resolution photos in {PHOTOS}; CI=true, so this is a failure", pytrace=False)
     if photos:
         return photos[0].name, photos[0].read_bytes()
     return "generated.jpg", _jpeg(500, 375, orientation=6)
@@ -432,6 +434,42 @@ def test_changing_decoding_settings_reuses_the_encoded_photo(app_env, monkeypatc
     _no_exceptions(at)
     assert "**Beam search (k=5, α=1.20)**" in _texts(at.markdown)
     assert calls == []
+
+
+def _slider(at: AppTest, label: str):
+    return next(s for s in at.sidebar.slider if s.label == label)
+
+
+def _shown_captions(at: AppTest) -> list[str]:
+    """The captions the page shows, in order (greedy, then beam, for each photo)."""
+    shown = [m.removeprefix("#### ") for m in _texts(at.markdown) if m.startswith("#### ")]
+    return ["" if text == "*(empty caption)*" else text for text in shown]
+
+
+def test_the_captions_shown_are_what_captioner_decodes_with_the_sidebar_settings(
+    monkeypatch, tiny_model_dir, report_file, examples_dir, tmp_path
+):
+    from captioner.pipeline import Captioner
+
+    # <end> is likely at every word, so α decides how long the beam caption is: an app that ignored α would show one.
+    model_dir = talkative_copy(tiny_model_dir, tmp_path / "model", end_bias=0.0)
+    monkeypatch.setenv("CAPTIONER_MODEL", str(model_dir))
+    monkeypatch.setenv(common.REPORT_ENV, str(report_file))
+    monkeypatch.setenv(common.EXAMPLES_ENV, str(examples_dir))
+    data = _jpeg(320, 240, seed=3)
+    cap = Captioner.load(str(model_dir))
+    encoded = cap.encode([data])
+    at = _app()
+    at.file_uploader(key="uploads").set_value(("alpha.jpg", data, "image/jpeg")).run()
+    beams = set()
+    for beam_size, alpha in [(5, 2.0), (5, 0.0), (3, 2.0), (3, 0.0)]:
+        _slider(at, "Beam size").set_value(beam_size)
+        _slider(at, "Length penalty α").set_value(alpha).run()
+        _no_exceptions(at)
+        greedy, beam = (cap.decode(encoded, k, alpha)[0].text for k in (1, beam_size))
+        assert _shown_captions(at) == [greedy, beam], (beam_size, alpha)
+        beams.add(beam)
+    assert len(beams) >= 2  # the settings change the beam caption on this model
 
 
 # ---- exports -------------------------------------------------------------------------------------------------------

