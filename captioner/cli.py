@@ -135,9 +135,8 @@ def _caption(args: argparse.Namespace) -> int:
         from captioner.features import use_onednn
 
         use_onednn()  # batched backbone ~2x faster on AVX2-only CPUs (one image at a time it is slower)
-    _import_tensorflow()
     try:
-        counts = _caption_paths(args, todo, results)
+        counts = _caption_paths(args, todo, results) if todo else (0, 0, "nothing left to caption")
     finally:
         if results:
             results.close()
@@ -154,10 +153,11 @@ def _caption_paths(args: argparse.Namespace, todo: list[str], results) -> tuple[
 
     from tqdm.auto import tqdm
 
+    started = time.perf_counter()
+    _import_tensorflow()
     from captioner.library import caption_paths
     from captioner.pipeline import Captioner, Decoding
 
-    started = time.perf_counter()
     overrides = {"beam_size": args.beam, "length_penalty": args.length_penalty, "block_repeats": args.block_repeats}
     if args.engine == "ray":
         from captioner.ray_engine import caption_paths_ray

@@ -36,7 +36,7 @@ def import_ray():
 class CaptionActor:
     """One loaded model on a Ray worker: a batch of image paths in, a batch of JSON result rows out."""
 
-    def __init__(self, model_files, decoding: dict, threads: int):
+    def __init__(self, model_files: list, decoding: dict, threads: int):
         from captioner.features import use_onednn
 
         use_onednn()  # before TensorFlow loads: batched backbone ~2x faster on AVX2-only CPUs
@@ -50,7 +50,7 @@ class CaptionActor:
             tf.config.threading.set_inter_op_parallelism_threads(threads)
         except RuntimeError:
             pass  # a reused worker whose TensorFlow already started keeps its threads
-        files = ray.get(model_files) if isinstance(model_files, ray.ObjectRef) else model_files
+        files = ray.get(model_files[0])  # fetched once per node, then shared by its actors
         self._dir = tempfile.TemporaryDirectory(prefix="captioner-model-")
         for name, data in files.items():
             (Path(self._dir.name) / name).write_bytes(data)
@@ -85,14 +85,14 @@ def caption_paths_ray(
     ray = import_ray()
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=True)
+        ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
     try:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the command's own bar counts rows as they are written
         context.print_on_execution_start = False
         logging.getLogger("ray.data").setLevel(logging.ERROR)
         model_dir = Path(model_dir)
-        files = {n: (model_dir / n).read_bytes() for n in MODEL_FILES if (model_dir / n).is_file()}
+        files_ref = ray.put({n: (model_dir / n).read_bytes() for n in MODEL_FILES if (model_dir / n).is_file()})
         if workers is None:
             workers = max(1, int(ray.cluster_resources().get("CPU", 1) // cpus_per_worker))
         dataset = ray.data.from_items([{"image": p} for p in paths]).map_batches(
@@ -101,7 +101,9 @@ def caption_paths_ray(
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=workers),
             fn_constructor_kwargs={
-                "model_files": ray.put(files),
+                # In a list, so the actor spec holds a reference, not a 20 MB argument (which Ray would also
+                # warn cannot be rebuilt for an actor restart); the driver keeps it alive while the job runs.
+                "model_files": [files_ref],
                 "decoding": dataclasses.asdict(decoding),
                 "threads": cpus_per_worker,
             },
