@@ -19,8 +19,8 @@ if TYPE_CHECKING:
     from captioner.pipeline import Captioner, Decoding, Encoded
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
-# Images per model call, chosen by `bench/batch.py`: past 16 the backbone gains nothing on a 2-core CPU and a crash or
-# Ctrl-C loses more work in flight.
+# Images per model call: enough to amortise the backbone's and the searches' per-call cost, few enough that a crash
+# loses little work in flight. `bench/batch.py --sweep 8,32` measures it against its neighbours.
 DEFAULT_BATCH = 16
 _GLOB_CHARS = frozenset("*?[")
 

@@ -85,7 +85,12 @@ def caption_paths_ray(
     ray = import_ray()
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+        where = f"connect to the Ray cluster at {address}" if address else "start a local Ray"
+        try:
+            # Worker output (TensorFlow's start-up lines) stays in Ray's logs; actor errors still reach the driver.
+            ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+        except Exception as e:  # Ray raises ConnectionError, RuntimeError or its own types, with long texts
+            raise CaptionerError(f"Could not {where}: {str(e).strip().splitlines()[-1]}") from e
     try:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the command's own bar counts rows as they are written
