@@ -57,6 +57,11 @@ class Decoding:
             block if isinstance(block, bool) else default.block_repeats,
         )
 
+    @classmethod
+    def of_model_dir(cls, path: str | Path) -> Decoding:
+        """The decoding a model directory was tuned with (its metrics.json), without loading the model."""
+        return cls.from_metrics(_read_json(Path(path) / "metrics.json"))
+
     def overridden(self, **settings) -> Decoding:
         """These settings, with each given value that is not None in place of its own (command-line overrides)."""
         return replace(self, **{name: value for name, value in settings.items() if value is not None})
