@@ -377,11 +377,16 @@ def attention_ui(image: np.ndarray, captions: Mapping[str, Caption], opacity: fl
     n = len(caption.tokens)
     if view == "All words":
         title = f"{which}: {caption.text}" if caption.text else f"{which} caption"
-        png = remember("figure", (key, which, caption.text, opacity), lambda: _grid_png(image, caption, opacity, title))
-        st.image(png, caption=f"{which} — attention for every word")
+        sheet = remember(
+            "figure",
+            (key, which, caption.text, opacity),
+            lambda: viz.to_jpeg(viz.attention_sheet(image, caption, opacity, title=title)),
+        )
+        st.image(sheet, caption=f"{which} — attention for every word")
         st.download_button(
             "Download this figure (PNG)",
-            png,
+            # Drawn by matplotlib only when asked for: it takes ~20× as long as the sheet shown above.
+            lambda: viz.to_png(viz.attention_grid(image, caption, opacity, title=title)),
             file_name=f"{stem}-{which.lower()}-attention.png",
             mime="image/png",
             key=f"{key}:png:{which}",
@@ -409,8 +414,5 @@ def attention_ui(image: np.ndarray, captions: Mapping[str, Caption], opacity: fl
     st.image(
         viz.overlay(image, caption.attention[i], opacity),
         caption=f"{which}, word {i + 1}: “{caption.tokens[i]}” (p={p:.2f})",
+        output_format="JPEG",
     )
-
-
-def _grid_png(image: np.ndarray, caption: Caption, opacity: float, title: str) -> bytes:
-    return viz.to_png(viz.attention_grid(image, caption, opacity, title=title))
