@@ -263,6 +263,12 @@ def uploads_ui() -> list[Upload]:
     max_bytes = int(limit_mb * 2**20)
     # A file over the limit is never read into a second copy: its size alone decides.
     uploads = [Upload(f.name, f.getvalue() if f.size <= max_bytes else b"", f.size) for f in files or []]
+    # Behind a toggle: the camera widget asks the browser for camera access as soon as it is drawn.
+    if st.toggle("Take a photo with the camera", key="use_camera", help="Captioned like an upload."):
+        shot = st.camera_input("Camera", key="camera")
+        if shot is not None:
+            data = shot.getvalue()
+            uploads.insert(0, Upload(f"camera-{digest(data)[:8]}.jpg", data, len(data)))
     by_name = {p.name: p for p in examples}
     for name in picked:
         try:

@@ -413,6 +413,20 @@ def test_example_photos_can_be_captioned(app_env):
     assert "**Greedy**" in _texts(at.markdown)
 
 
+def test_a_camera_photo_is_captioned_like_an_upload(app_env):
+    # Catches a camera shot that is drawn but never reaches the captioning (or only when no file is uploaded).
+    at = _app()
+    assert not at.camera_input  # the browser is not asked for the camera until the user wants it
+    at.toggle(key="use_camera").set_value(True).run()
+    shot = _jpeg(640, 480, seed=5)
+    at.camera_input(key="camera").set_value(("camera.jpg", shot, "image/jpeg")).run()
+    at.file_uploader(key="uploads").set_value(("ok.jpg", _jpeg(400, 300, seed=6), "image/jpeg")).run()
+    _no_exceptions(at)
+    assert [s.value for s in at.main.subheader] == [f"camera-{caption.digest(shot)[:8]}.jpg", "ok.jpg"]
+    assert "Captioned **2** of 2 file(s)." in _texts(at.markdown)
+    assert "640×480 px" in _image_captions(at)
+
+
 def test_changing_decoding_settings_reuses_the_encoded_photo(app_env, monkeypatch):
     from captioner.pipeline import Captioner
 
