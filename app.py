@@ -54,4 +54,10 @@ async def load_model_at_startup(_app: st.App) -> AsyncIterator[None]:
 if __name__ == "__main__":  # a session runs this file as its script
     main()
 else:  # `streamlit run app.py` imports it to find the server app
+    from streamlit.runtime.pages_manager import PagesManager
+
+    # Until a script run first calls st.navigation, Streamlit routes by the legacy pages/ folder (caption_page,
+    # bleu_page, …), so the first request after a server start that is a deep link (/bleu) got "Page not found".
+    # Our pages are declared with st.navigation only: say so before any session starts.
+    PagesManager.uses_pages_directory = False
     app = st.App(__file__, lifespan=load_model_at_startup)

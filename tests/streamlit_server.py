@@ -67,9 +67,13 @@ def stop_server(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def launch_browser(playwright, profile: str | Path, height: int = 1000):
+# A fake camera (a generated test pattern) that the page may use without a permission prompt.
+FAKE_CAMERA_ARGS = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+
+
+def launch_browser(playwright, profile: str | Path, height: int = 1000, extra_args: list[str] | None = None):
     """Headless Debian Chromium with a fresh profile (Playwright takes it as user_data_dir, not as a flag)."""
     return playwright.chromium.launch_persistent_context(
-        str(profile), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
+        str(profile), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS + (extra_args or []),
         viewport={"width": 1400, "height": height},
     )  # fmt: skip
