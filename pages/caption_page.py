@@ -356,9 +356,10 @@ def summary_ui(results: list[Result], settings: common.Settings, cap: Captioner)
         line += f" {failed} could not be read; see the messages below."
     left, csv_col, json_col = st.columns([4, 1, 1], vertical_alignment="center")
     left.markdown(line)
+    # The exports are built when a button is pressed, not on every rerun.
     csv_col.download_button(
         "CSV",
-        captions_csv(results, settings),
+        lambda: captions_csv(results, settings),
         file_name="captions.csv",
         mime="text/csv",
         icon=":material/download:",
@@ -367,7 +368,7 @@ def summary_ui(results: list[Result], settings: common.Settings, cap: Captioner)
     )
     json_col.download_button(
         "JSON",
-        captions_json(results, settings, cap),
+        lambda: captions_json(results, settings, cap),
         file_name="captions.json",
         mime="application/json",
         icon=":material/download:",

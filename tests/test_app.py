@@ -607,3 +607,12 @@ def test_the_app_reads_the_same_setting_names_as_the_hub_module():
     from captioner import hub
 
     assert (common.MODEL_ENV, common.TOKEN_SECRET) == (hub.SOURCE_ENV, hub.TOKEN_SECRET)
+
+
+def test_the_shipped_config_watches_no_files_and_never_reruns_on_save():
+    # Catches the production config following every file under the repository (a .venv inside it cost ~3× the server
+    # CPU per photo and flooded the log with inotify overflows).
+    import tomllib
+
+    server = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())["server"]
+    assert server["fileWatcherType"] == "none" and server["runOnSave"] is False
