@@ -18,7 +18,7 @@ from PIL import ExifTags, Image
 
 from captioner import features, viz
 from captioner.errors import CaptionerError, ImageError
-from pages import common
+from pages import loader, places, sidebar, widgets
 
 if TYPE_CHECKING:
     from captioner.decode import Caption
@@ -87,7 +87,7 @@ def read_photo(cap: Captioner, name: str, data: bytes, max_bytes: int | None = N
         check_size(name, len(data), max_bytes)
     notes, size = _inspect(name, data)
     # One upload at a time per process: a big PNG briefly needs hundreds of MB, and sessions must not stack them.
-    with common.model_lock():
+    with loader.model_lock():
         pixels = cap.prepare(data, name)  # the same preprocessing as `captioner caption`
         image = viz.fit(features.load_image(data, name, longest=DISPLAY_SIDE), DISPLAY_SIDE)
         encoded = cap.encode([pixels], [name])
@@ -146,7 +146,7 @@ def _orientation(im: Image.Image) -> int:
     return int(exif.get(ExifTags.Base.Orientation, 1) or 1)
 
 
-def captions_csv(results: Sequence[Result], settings: common.Settings) -> bytes:
+def captions_csv(results: Sequence[Result], settings: sidebar.Settings) -> bytes:
     """The batch's captions as CSV: one row per file, failures included with their error."""
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -183,7 +183,7 @@ def captions_csv(results: Sequence[Result], settings: common.Settings) -> bytes:
     return buf.getvalue().encode("utf-8")
 
 
-def captions_json(results: Sequence[Result], settings: common.Settings, cap: Captioner) -> bytes:
+def captions_json(results: Sequence[Result], settings: sidebar.Settings, cap: Captioner) -> bytes:
     """The batch's captions as JSON, with word probabilities, the beam's n-best list and the model's identity."""
 
     def entry(c: Caption) -> dict:
@@ -225,10 +225,10 @@ def caption_page() -> None:
     if not uploads:
         st.info("Upload one or more photos, or pick an example, to caption them.", icon="🖼️")
         return
-    cap = common.captioner_ui()
+    cap = loader.captioner_ui()
     if cap is None:
         return
-    settings = common.current_settings()
+    settings = sidebar.current_settings()
     results = caption_batch_ui(cap, uploads, settings)
     if not results:
         return
@@ -243,7 +243,7 @@ def caption_page() -> None:
 
 def uploads_ui() -> list[Upload]:
     """The uploader and the example picker; returns the files in upload order."""
-    limit_mb = common.upload_limit_mb()
+    limit_mb = places.upload_limit_mb()
     files = st.file_uploader(
         "Photos",
         type=["image"],
@@ -251,7 +251,7 @@ def uploads_ui() -> list[Upload]:
         key="uploads",
         help=f"{FORMATS}, up to {limit_mb:g} MB each. Drop several at once to caption a batch.",
     )
-    examples = common.example_photos()
+    examples = places.example_photos()
     picked: list[str] = []
     if examples:
         picked = st.multiselect(
@@ -280,9 +280,9 @@ def uploads_ui() -> list[Upload]:
     return uploads
 
 
-def caption_batch_ui(cap: Captioner, uploads: list[Upload], settings: common.Settings) -> list[Result]:
+def caption_batch_ui(cap: Captioner, uploads: list[Upload], settings: sidebar.Settings) -> list[Result]:
     """Read, encode and decode every upload with a progress bar; failures become results with a message."""
-    max_bytes = int(common.upload_limit_mb() * 2**20)
+    max_bytes = int(places.upload_limit_mb() * 2**20)
     items = [(u, (u.name, digest(u.data) if u.size <= max_bytes else f"size:{u.size}")) for u in uploads]
     pending = [i for i, (_, key) in enumerate(items) if not _is_cached(key, settings)]
     bar = st.progress(0.0, text=f"Captioning {len(pending)} photo(s)…") if pending else None
@@ -297,24 +297,24 @@ def caption_batch_ui(cap: Captioner, uploads: list[Upload], settings: common.Set
     return results
 
 
-def _is_cached(key: tuple[str, str], settings: common.Settings) -> bool:
-    if not common.is_remembered("photo", key):
+def _is_cached(key: tuple[str, str], settings: sidebar.Settings) -> bool:
+    if not widgets.is_remembered("photo", key):
         return False
     if isinstance(st.session_state["_cache_photo"][key], str):
         return True
     return all(
-        common.is_remembered("caption", (*key, k, settings.length_penalty, settings.block_repeats))
+        widgets.is_remembered("caption", (*key, k, settings.length_penalty, settings.block_repeats))
         for k in (1, settings.beam_size)
     )
 
 
 def _caption_one(
-    cap: Captioner, upload: Upload, key: tuple[str, str], settings: common.Settings, max_bytes: int
+    cap: Captioner, upload: Upload, key: tuple[str, str], settings: sidebar.Settings, max_bytes: int
 ) -> Result:
     """One upload → Result; the UI edge for per-file errors, so one bad file never stops the batch."""
     name = upload.name
     try:
-        photo = common.remember("photo", key, lambda: _photo_or_error(cap, upload, max_bytes))
+        photo = widgets.remember("photo", key, lambda: _photo_or_error(cap, upload, max_bytes))
         if isinstance(photo, str):
             return Result(name, error=photo)
         greedy = _decoded(cap, photo, key, 1, settings)
@@ -337,17 +337,17 @@ def _photo_or_error(cap: Captioner, upload: Upload, max_bytes: int) -> Photo | s
         return str(e)  # load_image and check_size name the file and say what is wrong
 
 
-def _decoded(cap: Captioner, photo: Photo, key: tuple[str, str], beam: int, settings: common.Settings) -> Caption:
+def _decoded(cap: Captioner, photo: Photo, key: tuple[str, str], beam: int, settings: sidebar.Settings) -> Caption:
     alpha, block = settings.length_penalty, settings.block_repeats
 
     def run() -> Caption:
-        with common.model_lock():
+        with loader.model_lock():
             return cap.decode(photo.encoded, beam_size=beam, length_penalty=alpha, block_repeats=block)[0]
 
-    return common.remember("caption", (*key, beam, alpha, block), run)
+    return widgets.remember("caption", (*key, beam, alpha, block), run)
 
 
-def summary_ui(results: list[Result], settings: common.Settings, cap: Captioner) -> None:
+def summary_ui(results: list[Result], settings: sidebar.Settings, cap: Captioner) -> None:
     """Batch summary and export buttons."""
     ok = sum(r.error is None for r in results)
     failed = len(results) - ok
@@ -378,14 +378,14 @@ def summary_ui(results: list[Result], settings: common.Settings, cap: Captioner)
 
 
 def photo_ui(
-    name: str, photo: Photo, greedy: Caption, beam: Caption, settings: common.Settings, index: int, heatmaps: bool
+    name: str, photo: Photo, greedy: Caption, beam: Caption, settings: sidebar.Settings, index: int, heatmaps: bool
 ) -> None:
     """One photo: the image, greedy and beam captions side by side, the n-best list and attention on demand."""
     key = f"{index}:{photo.digest[:16]}"
     with st.container(border=True):
         st.subheader(name, anchor=False)
         for note in photo.notes:
-            st.caption(f"ℹ️ {common.md_escape(name)}: {note}.")
+            st.caption(f"ℹ️ {widgets.md_escape(name)}: {note}.")
         left, right = st.columns([2, 3])
         w, h = photo.original_size
         left.image(photo.image, caption=f"{w}×{h} px" if w else None, output_format="JPEG")
@@ -397,16 +397,16 @@ def photo_ui(
                 nbest_ui(beam)
         if st.toggle("Attention heatmaps", value=heatmaps, key=f"{key}:attention"):
             stem = Path(name).stem
-            common.attention_ui(photo.image, {"Greedy": greedy, "Beam": beam}, settings.opacity, key, stem)
+            widgets.attention_ui(photo.image, {"Greedy": greedy, "Beam": beam}, settings.opacity, key, stem)
 
 
 def caption_card_ui(column, title: str, caption: Caption) -> None:
     """One caption with its log-probability."""
     with column:
         st.markdown(f"**{title}**")
-        text = common.md_escape(caption.text) if caption.text else "*(empty caption)*"
+        text = widgets.md_escape(caption.text) if caption.text else "*(empty caption)*"
         st.markdown(f"#### {text}")
-        st.caption(common.caption_stats(caption))
+        st.caption(widgets.caption_stats(caption))
 
 
 def nbest_ui(beam: Caption) -> None:

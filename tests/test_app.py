@@ -7,6 +7,7 @@ The app runs against the tiny random-weight model (CAPTIONER_MODEL), a small rep
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import io
 import json
@@ -32,7 +33,7 @@ if str(REPO) not in sys.path:  # the pages package sits at the repository root, 
 
 from pages import bleu_page as bleu
 from pages import caption_page as caption
-from pages import common
+from pages import coldstart, loader, places, sidebar
 
 APP = REPO / "app.py"
 TIMEOUT = 180  # the first run in a test session loads TensorFlow and the model
@@ -170,8 +171,8 @@ def talkative_model(tiny_model_dir, tmp_path_factory) -> Path:
 @pytest.fixture
 def app_env(monkeypatch, talkative_model, report_file, examples_dir) -> None:
     monkeypatch.setenv("CAPTIONER_MODEL", str(talkative_model))
-    monkeypatch.setenv(common.REPORT_ENV, str(report_file))
-    monkeypatch.setenv(common.EXAMPLES_ENV, str(examples_dir))
+    monkeypatch.setenv(places.REPORT_ENV, str(report_file))
+    monkeypatch.setenv(places.EXAMPLES_ENV, str(examples_dir))
 
 
 def _app() -> AppTest:
@@ -223,10 +224,10 @@ def test_streamlit_run_starts_loading_the_model_with_the_server_and_sessions_reu
         made.append(real_loader(secrets))
         return made[-1]
 
-    real_loader = common.ModelLoader
-    monkeypatch.setattr(common, "ModelLoader", recording_loader)
+    real_loader = loader.ModelLoader
+    monkeypatch.setattr(loader, "ModelLoader", recording_loader)
     monkeypatch.setattr(st_config, "_main_script_path", st_config._main_script_path)  # st.App pins it
-    common._model_loader.clear()
+    loader._model_loader.clear()
     server = runpy.run_path(str(APP), run_name="app")  # what `streamlit run app.py` imports to find the server app
     assert isinstance(server["app"], st.App)
 
@@ -258,8 +259,37 @@ def test_garbage_collection_is_paused_while_the_model_loads_and_resumes_after_a_
     monkeypatch.setattr(Captioner, "load", failing_load)
     monkeypatch.setattr(gc, "freeze", lambda: collecting.append("frozen"))
     with pytest.raises(ModelError):
-        common.ModelLoader({}).result()
+        loader.ModelLoader({}).result()
     assert collecting == [False, "frozen"] and gc.isenabled()
+
+
+def test_the_app_loads_and_captions_with_every_cold_start_measure_switched_off(app_env, monkeypatch):
+    # Catches the app depending on a cold-start measure to work at all (or the switch leaving one of them on).
+    from captioner.pipeline import Captioner
+
+    during_load = []
+    real_load = Captioner.load.__func__
+
+    def recording_load(cls, *args, **kwargs):
+        during_load.append(gc.isenabled())
+        return real_load(cls, *args, **kwargs)
+
+    def measure(name: str):
+        return lambda *args: during_load.append(name) or contextlib.nullcontext()
+
+    monkeypatch.setenv(coldstart.SWITCH_ENV, "off")
+    monkeypatch.setattr(Captioner, "load", classmethod(recording_load))
+    monkeypatch.setattr(coldstart, "_collector_paused", measure("collector paused"))
+    monkeypatch.setattr(coldstart, "_unimportable_here", measure("imports blocked"))
+    loader._model_loader.clear()
+    try:
+        at = _app()
+        at.file_uploader(key="uploads").set_value(("plain.jpg", _jpeg(320, 240, seed=9), "image/jpeg")).run()
+        _no_exceptions(at)
+        assert "Captioned **1** of 1 file(s)." in _texts(at.markdown)
+        assert during_load == [True]  # no measure was taken and the collector ran as usual
+    finally:
+        loader._model_loader.clear()  # later tests load with the measures on again
 
 
 def test_keras_extras_are_unimportable_only_on_the_loading_thread(monkeypatch, tmp_path):
@@ -268,7 +298,7 @@ def test_keras_extras_are_unimportable_only_on_the_loading_thread(monkeypatch, t
     (tmp_path / "extra_for_this_test.py").write_text("VALUE = 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     elsewhere = []
-    with common._unimportable_here(frozenset({"extra_for_this_test"})):
+    with coldstart._unimportable_here(frozenset({"extra_for_this_test"})):
         with pytest.raises(ModuleNotFoundError, match="while the model loads"):
             import extra_for_this_test
         # Another thread (a page drawing a table while the model loads) imports it as usual.
@@ -287,7 +317,7 @@ def test_a_model_that_cannot_load_is_explained_without_a_traceback(monkeypatch, 
     missing = tmp_path / "no_model_here"
     monkeypatch.setenv("CAPTIONER_MODEL", str(missing))
     monkeypatch.setattr(paths, "BUNDLED_MODEL_DIR", tmp_path / "no_bundled_model_either")
-    monkeypatch.setenv(common.REPORT_ENV, str(report_file))
+    monkeypatch.setenv(places.REPORT_ENV, str(report_file))
     at = _app()
     at.file_uploader(key="uploads").set_value(("photo.jpg", _jpeg(64, 48), "image/jpeg")).run()
     _no_exceptions(at)
@@ -466,7 +496,7 @@ def test_exports_list_every_file_with_captions_or_its_error(tiny_model_dir):
         caption.Result("a.jpg", photo=None, greedy=_caption_result("a dog"), beam=_caption_result("a brown dog", 2)),
         caption.Result("b.png", error="b.png: the file is empty (0 bytes)."),
     ]
-    settings = common.Settings(beam_size=2, length_penalty=0.5, opacity=0.4, block_repeats=True)
+    settings = sidebar.Settings(beam_size=2, length_penalty=0.5, opacity=0.4, block_repeats=True)
     rows = caption.captions_csv(results, settings).decode().splitlines()
     assert rows[0].startswith("file,greedy_caption,greedy_log_prob,beam_caption")
     assert rows[1].startswith("a.jpg,a dog,-3.5000,a brown dog,-3.5000,-1.2000,2,0.5,")
@@ -573,7 +603,7 @@ def test_bleu_detail_view_shows_photo_references_scores_and_heatmaps(app_env):
 
 
 def test_bleu_page_without_a_report_says_how_to_create_it(app_env, monkeypatch, tmp_path):
-    monkeypatch.setenv(common.REPORT_ENV, str(tmp_path / "nowhere" / "test_report.json"))
+    monkeypatch.setenv(places.REPORT_ENV, str(tmp_path / "nowhere" / "test_report.json"))
     at = _bleu_app()
     assert "No evaluation report" in at.warning[0].value
     assert "captioner evaluate --data DIR --split test --beam 3 --out" in at.code[0].value
@@ -582,7 +612,7 @@ def test_bleu_page_without_a_report_says_how_to_create_it(app_env, monkeypatch, 
 def test_bleu_page_reports_a_malformed_report_without_a_traceback(app_env, monkeypatch, tmp_path):
     broken = tmp_path / "test_report.json"
     broken.write_text('{"model": {}, "images": [', encoding="utf-8")
-    monkeypatch.setenv(common.REPORT_ENV, str(broken))
+    monkeypatch.setenv(places.REPORT_ENV, str(broken))
     at = _bleu_app()
     assert "cannot be used" in at.error[0].value and "valid JSON" in at.error[0].value
 
@@ -606,7 +636,7 @@ def test_filters_treat_the_slider_ends_as_open_so_no_image_is_lost():
 def test_the_app_reads_the_same_setting_names_as_the_hub_module():
     from captioner import hub
 
-    assert (common.MODEL_ENV, common.TOKEN_SECRET) == (hub.SOURCE_ENV, hub.TOKEN_SECRET)
+    assert (places.MODEL_ENV, places.TOKEN_SECRET) == (hub.SOURCE_ENV, hub.TOKEN_SECRET)
 
 
 def test_the_shipped_config_watches_no_files_and_never_reruns_on_save():
