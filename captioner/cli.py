@@ -135,6 +135,11 @@ def _caption(args: argparse.Namespace) -> int:
         beam = model.decode(encoded, d.beam_size, d.length_penalty, block_repeats=d.block_repeats)[0]
         results.append({"image": path, "greedy": {"caption": greedy.text, "log_prob": round(greedy.log_prob, 4)},
                         "beam": {"caption": beam.text, "log_prob": round(beam.log_prob, 4)}})  # fmt: skip
+        if model.imagenet is not None:
+            top = model.imagenet.top(encoded.features)[0]
+            results[-1]["imagenet"] = [{"label": c.label, "p": round(c.p, 4)} for c in top]
+        if model.familiarity is not None:
+            results[-1]["unfamiliar"] = model.familiarity.unfamiliar(encoded.features)[0]
         if not args.json:
             print(f"{path}\n  greedy: {greedy.text}\n  beam {d.beam_size}: {beam.text}")
     if args.json:

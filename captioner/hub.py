@@ -33,7 +33,16 @@ TOKEN_SECRET = "HF_TOKEN"
 MANIFEST = "manifest.json"
 WEIGHTS = "model.weights.h5"
 REQUIRED_FILES = ("config.json", "vocab.json", WEIGHTS)
-MODEL_FILES = (*REQUIRED_FILES, "metrics.json", "README.md", MANIFEST)  # all a Hub download fetches
+# All a Hub download fetches; the last three are optional (captioner.imagenet and captioner.familiarity).
+MODEL_FILES = (
+    *REQUIRED_FILES,
+    "metrics.json",
+    "README.md",
+    MANIFEST,
+    "imagenet_head.npz",
+    "imagenet_labels.txt",
+    "familiarity.npz",
+)
 DATASET_ID = "jxie/flickr8k"  # Flickr8k on the Hub (official 6000/1000/1000 split), for the card's metadata
 LIBRARY_NAME = "captioner"
 

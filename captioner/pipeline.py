@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from captioner import backbones, hub
+from captioner import backbones, familiarity, hub, imagenet
 from captioner.decode import BeamSearch, Caption
 from captioner.errors import BackboneError, ImageError, ModelError
 from captioner.features import ImageSource, describe, prepare_image
@@ -90,6 +90,9 @@ class Captioner:
         )
         self.metrics = _read_json(info.path / "metrics.json")
         self.tuned = Decoding.from_metrics(self.metrics)  # what dev chose for this model
+        # Optional files beside the weights (None without them); both read the features `encode` returns.
+        self.imagenet = imagenet.ImageNetHead.load(info.path)  # the backbone's own ImageNet classifier
+        self.familiarity = familiarity.Familiarity.load(info.path)  # is a photo like the training photos?
 
     @classmethod
     def load(

@@ -22,6 +22,7 @@ from pages import loader, places, sidebar, widgets
 
 if TYPE_CHECKING:
     from captioner.decode import Caption
+    from captioner.imagenet import Label
     from captioner.pipeline import Captioner, Encoded
 
 LOG = logging.getLogger("captioner.app")
@@ -30,6 +31,10 @@ DISPLAY_SIDE = 800  # the photo kept per upload for display and overlays
 NON_JPEG_PIXELS = 50_000_000  # PNG, WebP… must be decoded whole (JPEGs decode at reduced scale): cap their memory
 HEATMAPS_BY_DEFAULT = 3  # batches up to this size open their attention heatmaps without a click
 FORMATS = "JPEG, PNG, WebP, BMP or GIF"
+UNFAMILIAR_NOTICE = (
+    "Unfamiliar photo: it is unlike the photos this model learned from (Flickr8k: mostly people, dogs and outdoor "
+    "scenes), so its caption may be wrong."
+)
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,8 @@ class Photo:
     encoded: Encoded  # one image
     original_size: tuple[int, int]  # (width, height) upright, at full resolution
     notes: list[str] = field(default_factory=list)
+    seen: list[Label] = field(default_factory=list)  # the backbone's top ImageNet classes (if the model has its head)
+    unfamiliar: bool = False  # unlike the training photos (if the model carries the calibration)
 
 
 @dataclass(frozen=True)
@@ -91,7 +98,10 @@ def read_photo(cap: Captioner, name: str, data: bytes, max_bytes: int | None = N
         pixels = cap.prepare(data, name)  # the same preprocessing as `captioner caption`
         image = viz.fit(features.load_image(data, name, longest=DISPLAY_SIDE), DISPLAY_SIDE)
         encoded = cap.encode([pixels], [name])
-    return Photo(name, digest(data), image, encoded, size, notes)
+    # Both read the features just computed: no second backbone pass.
+    seen = cap.imagenet.top(encoded.features)[0] if cap.imagenet is not None else []
+    unfamiliar = cap.familiarity is not None and cap.familiarity.unfamiliar(encoded.features)[0]
+    return Photo(name, digest(data), image, encoded, size, notes, seen, unfamiliar)
 
 
 def _inspect(name: str, data: bytes) -> tuple[list[str], tuple[int, int]]:
@@ -197,7 +207,11 @@ def captions_json(results: Sequence[Result], settings: sidebar.Settings, cap: Ca
             images.append({"file": r.name, "error": r.error})
             continue
         beam = {**entry(r.beam), "n_best": [entry(h) for h in r.beam.n_best]}
-        images.append({"file": r.name, "greedy": entry(r.greedy), "beam": beam})
+        image = {"file": r.name, "greedy": entry(r.greedy), "beam": beam}
+        if r.photo is not None:
+            image["imagenet"] = [{"label": c.label, "p": round(c.p, 4)} for c in r.photo.seen]
+            image["unfamiliar"] = r.photo.unfamiliar
+        images.append(image)
     doc = {
         "model": {"source": cap.info.source, "commit": cap.info.commit, "weights_sha256": cap.info.weights_sha256},
         "decoding": {
@@ -384,6 +398,8 @@ def photo_ui(
     key = f"{index}:{photo.digest[:16]}"
     with st.container(border=True):
         st.subheader(name, anchor=False)
+        if photo.unfamiliar:
+            st.warning(UNFAMILIAR_NOTICE, icon="🧭")
         for note in photo.notes:
             st.caption(f"ℹ️ {widgets.md_escape(name)}: {note}.")
         left, right = st.columns([2, 3])
@@ -393,6 +409,8 @@ def photo_ui(
             g, b = st.columns(2)
             caption_card_ui(g, "Greedy", greedy)
             caption_card_ui(b, f"Beam search (k={settings.beam_size}, α={settings.length_penalty:.2f})", beam)
+            if photo.seen:
+                seen_ui(photo.seen)
             if st.toggle("Beam n-best list", key=f"{key}:nbest"):
                 nbest_ui(beam)
         if st.toggle("Attention heatmaps", value=heatmaps, key=f"{key}:attention"):
@@ -407,6 +425,16 @@ def caption_card_ui(column, title: str, caption: Caption) -> None:
         text = widgets.md_escape(caption.text) if caption.text else "*(empty caption)*"
         st.markdown(f"#### {text}")
         st.caption(widgets.caption_stats(caption))
+
+
+def seen_ui(seen: Sequence[Label]) -> None:
+    """The backbone's top ImageNet classes for the photo, from the same pass that feeds the captioner."""
+    st.markdown(
+        "**What the backbone sees**",
+        help="The top ImageNet classes of the encoder's own ImageNet classifier (1000 classes), from the same "
+        "features the captions come from. The captioner itself only knows Flickr8k's words.",
+    )
+    st.caption(" · ".join(f"{widgets.md_escape(c.label)} {c.p:.2f}" for c in seen))
 
 
 def nbest_ui(beam: Caption) -> None:

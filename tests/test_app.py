@@ -457,6 +457,51 @@ def test_a_camera_photo_is_captioned_like_an_upload(app_env):
     assert "640×480 px" in _image_captions(at)
 
 
+FAMILIAR, STRANGE = _jpeg(400, 300, seed=21), np.full((300, 400, 3), 250, np.uint8)
+
+
+@pytest.fixture(scope="module")
+def seeing_model(talkative_model, tmp_path_factory) -> Path:
+    """The talkative model with an ImageNet head that sees a "tabby" and a calibration that knows only FAMILIAR."""
+    import shutil
+
+    from captioner import familiarity, hub, imagenet
+    from captioner.pipeline import Captioner
+
+    out = tmp_path_factory.mktemp("seeing") / "model"
+    shutil.copytree(talkative_model, out)
+    shutil.copyfile(paths.BUNDLED_MODEL_DIR / imagenet.LABELS_FILE, out / imagenet.LABELS_FILE)
+    bias = np.zeros(1000, np.float16)
+    bias[281] = 20.0  # "tabby, tabby cat"
+    np.savez(out / imagenet.HEAD_FILE, kernel=np.zeros((1280, 1000), np.float16), bias=bias)
+    cap = Captioner.from_directory(out)
+    familiar = cap.encode([FAMILIAR]).features
+    fam = familiarity.calibrate(np.repeat(imagenet.pool(familiar), 5, axis=0), imagenet.pool(familiar), k=1)
+    strange = float(fam.score(cap.encode([STRANGE]).features)[0])
+    assert strange > 1e-4  # the random backbone tells the two photos apart
+    familiarity.Familiarity(fam.basis, fam.refs, strange / 2, 1).save(out)
+    hub.write_manifest(out)
+    return out
+
+
+def test_photos_show_what_the_backbone_sees_and_only_unfamiliar_ones_get_the_notice(app_env, monkeypatch, seeing_model):
+    # Catches the ImageNet view or the "Unfamiliar photo" notice going missing, or the notice shown for every photo.
+    monkeypatch.setenv("CAPTIONER_MODEL", str(seeing_model))
+    at = _app()
+    strange = _png(Image.fromarray(STRANGE))
+    at.file_uploader(key="uploads").set_value(
+        [("familiar.jpg", FAMILIAR, "image/jpeg"), ("strange.png", strange, "image/png")]
+    ).run()
+    _no_exceptions(at)
+    assert [s.value for s in at.main.subheader] == ["familiar.jpg", "strange.png"]
+    assert "**What the backbone sees**" in _texts(at.markdown)
+    assert sum(c.startswith("tabby 1.00 · ") for c in _texts(at.caption)) == 2
+    (notice,) = _texts(at.warning)
+    assert notice.startswith("Unfamiliar photo") and "Flickr8k" in notice and "may be wrong" in notice
+    photos = {name: photo for (name, _), photo in at.session_state["_cache_photo"].items()}
+    assert (photos["familiar.jpg"].unfamiliar, photos["strange.png"].unfamiliar) == (False, True)
+
+
 def test_changing_decoding_settings_reuses_the_encoded_photo(app_env, monkeypatch):
     from captioner.pipeline import Captioner
 
