@@ -111,10 +111,7 @@ def attention_grid(
 
     rgb = fit(_as_rgb(image), _PANEL_SIDE)
     h, w = rgb.shape[:2]
-    maps = np.asarray(caption.attention)  # (T, h, w)
-    n = len(caption.tokens)
-    if maps.shape[0] != n:
-        raise ValueError(f"Expected one attention map per word. Received: {maps.shape[0]} maps, {n} words.")
+    maps, n = _maps_per_word(caption), len(caption.tokens)
     probs = word_probabilities(caption)
     panels = max(n, 1)
     cols = max(1, min(columns, panels))
@@ -138,21 +135,16 @@ def attention_grid(
 
 
 def attention_sheet(
-    image: np.ndarray,
-    caption: CaptionLike,
-    opacity: float = 0.5,
-    columns: int = 5,
-    title: str | None = None,
-    cmap: str = DEFAULT_CMAP,
-    panel_side: int = SHEET_PANEL_SIDE,
+    image: np.ndarray, caption: CaptionLike, opacity: float = 0.5, *, title: str | None = None, **layout
 ) -> Image.Image:
-    """`attention_grid`'s panels drawn with numpy and Pillow: one per word, labelled with the word and its p."""
-    rgb = fit(_as_rgb(image), panel_side)
+    """`attention_grid`'s panels drawn with numpy and Pillow: one per word, labelled with the word and its p.
+
+    `layout` may set `columns` (5), `cmap` (turbo) and `panel_side` (the longest side of a panel, 240 pixels).
+    """
+    columns, cmap = layout.get("columns", 5), layout.get("cmap", DEFAULT_CMAP)
+    rgb = fit(_as_rgb(image), layout.get("panel_side", SHEET_PANEL_SIDE))
     h, w = rgb.shape[:2]
-    maps = np.asarray(caption.attention)
-    n = len(caption.tokens)
-    if maps.shape[0] != n:
-        raise ValueError(f"Expected one attention map per word. Received: {maps.shape[0]} maps, {n} words.")
+    maps, n = _maps_per_word(caption), len(caption.tokens)
     font, title_font = _font(_SHEET_FONT), _font(_SHEET_TITLE_FONT)
     label_h = _SHEET_FONT + 8
     title_h = _SHEET_TITLE_FONT + 12 if title else 0
@@ -249,6 +241,14 @@ def _write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _maps_per_word(caption: CaptionLike) -> np.ndarray:
+    """The caption's attention maps (T, h, w); raises ValueError unless there is one per word."""
+    maps, n = np.asarray(caption.attention), len(caption.tokens)
+    if maps.shape[0] != n:
+        raise ValueError(f"Expected one attention map per word. Received: {maps.shape[0]} maps, {n} words.")
+    return maps
 
 
 def _as_rgb(image: np.ndarray | Image.Image) -> np.ndarray:
