@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 
 import streamlit as st
 
-from pages import common
+from pages import loader, sidebar
 
 
 def pages() -> list[st.Page]:
@@ -36,22 +36,28 @@ def main() -> None:
     """Start the model loading, draw the shared sidebar, and run the selected page."""
     st.set_page_config(page_title="Captioner", page_icon="🖼️", layout="wide")
     page = st.navigation(pages())
-    common.model_loader()  # started with the server; this starts it again after "Try again" or under AppTest
+    loader.model_loader()  # started with the server; this starts it again after "Try again" or under AppTest
     model_slot = st.sidebar.container()
-    common.settings_ui()
+    sidebar.settings_ui()
     page.run()
     with model_slot:  # filled last, so it reports a model that the page has just finished loading
-        common.model_info_ui()
+        sidebar.model_info_ui()
 
 
 @asynccontextmanager
 async def load_model_at_startup(_app: st.App) -> AsyncIterator[None]:
     """Server lifespan: start loading the model (in the background) as the server starts."""
-    common.model_loader()
+    loader.model_loader()
     yield
 
 
 if __name__ == "__main__":  # a session runs this file as its script
     main()
 else:  # `streamlit run app.py` imports it to find the server app
+    from streamlit.runtime.pages_manager import PagesManager
+
+    # Until a script run first calls st.navigation, Streamlit routes by the legacy pages/ folder (caption_page,
+    # bleu_page, …), so the first request after a server start that is a deep link (/bleu) got "Page not found".
+    # Our pages are declared with st.navigation only: say so before any session starts.
+    PagesManager.uses_pages_directory = False
     app = st.App(__file__, lifespan=load_model_at_startup)

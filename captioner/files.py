@@ -21,7 +21,10 @@ ENSEMBLE_FILE = "ensemble.json"  # an ensemble's further decoders: {"members": [
 MEMBER_WEIGHTS = re.compile(r"decoder\d+\.weights\.h5")  # a further member's decoder-only weights
 REQUIRED_FILES = (CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE)  # what loading a model needs
 MODEL_FILES = (*REQUIRED_FILES, METRICS_FILE, CARD_FILE, MANIFEST_FILE)  # every model directory's files
-OPTIONAL_PATTERNS = (ENSEMBLE_FILE, "decoder*.weights.h5")  # the files some models add (an ensemble's members)
+IMAGENET_HEAD_FILE, IMAGENET_LABELS_FILE = "imagenet_head.npz", "imagenet_labels.txt"  # captioner.imagenet
+FAMILIARITY_FILE = "familiarity.npz"  # captioner.familiarity
+# The files some models add: an ensemble's members, the backbone's ImageNet head, the familiarity calibration.
+OPTIONAL_PATTERNS = (ENSEMBLE_FILE, "decoder*.weights.h5", IMAGENET_HEAD_FILE, IMAGENET_LABELS_FILE, FAMILIARITY_FILE)
 
 
 def published_files(model_dir: str | os.PathLike[str]) -> list[str]:

@@ -132,10 +132,17 @@ def result_rows(model: Captioner, encoded: Encoded, decoding: Decoding) -> list[
     block = decoding.block_repeats
     greedy = model.decode(encoded, 1, decoding.length_penalty, block_repeats=block)
     beam = model.decode(encoded, decoding.beam_size, decoding.length_penalty, block_repeats=block)
-    return [
+    rows = [
         {"image": name, "greedy": _scored(g), "beam": _scored(b)}
         for name, g, b in zip(encoded.names, greedy, beam, strict=True)
     ]
+    if model.imagenet is not None:  # what the backbone's own ImageNet head sees, from the same pass
+        for row, top in zip(rows, model.imagenet.top(encoded.features), strict=True):
+            row["imagenet"] = [{"label": c.label, "p": round(c.p, 4)} for c in top]
+    if model.familiarity is not None:
+        for row, flag in zip(rows, model.familiarity.unfamiliar(encoded.features), strict=True):
+            row["unfamiliar"] = bool(flag)
+    return rows
 
 
 def error_row(name: str, error: Exception) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from captioner import backbones, hub
+from captioner import backbones, familiarity, hub, imagenet
 from captioner.decode import BeamSearch, Caption
 from captioner.ensemble import EnsembleDecoder
 from captioner.errors import BackboneError, ImageError, ModelError
@@ -103,6 +103,9 @@ class Captioner:
         )
         self.metrics = _read_json(info.path / METRICS_FILE)
         self.tuned = Decoding.from_metrics(self.metrics)  # what dev chose for this model
+        # Optional files beside the weights (None without them); both read the features `encode` returns.
+        self.imagenet = imagenet.ImageNetHead.load(info.path)  # the backbone's own ImageNet classifier
+        self.familiarity = familiarity.Familiarity.load(info.path)  # is a photo like the training photos?
 
     @classmethod
     def load(

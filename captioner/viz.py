@@ -1,10 +1,11 @@
-"""Attention heatmaps over photos, attention grids as figures, PNG export, and report thumbnails.
+"""Attention heatmaps over photos: fast numpy/Pillow sheets for display, matplotlib figures for download; thumbnails.
 
-Pure numpy / Pillow / matplotlib: the app and the CLI both call this, and it never imports Streamlit.
+Pure numpy / Pillow (matplotlib only for its colour maps and the downloadable figure); never imports Streamlit.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import tempfile
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from captioner.errors import ImageError
 from captioner.features import load_image
@@ -25,6 +26,9 @@ DEFAULT_CMAP = "turbo"
 THUMB_QUALITY = 85
 _PANEL_SIDE = 320  # grid panels never need more pixels than this; keeps big batches fast
 _PANEL_INCHES = 2.6
+SHEET_PANEL_SIDE = 240  # longest side of one panel of a display sheet: 5 columns fill a wide page
+SHEET_QUALITY = 82  # JPEG quality of display sheets (a 14-word sheet stays well under 250 KB)
+_SHEET_GAP, _SHEET_FONT, _SHEET_TITLE_FONT = 6, 14, 16
 
 
 class CaptionLike(Protocol):
@@ -64,11 +68,18 @@ def upsample(attention: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.clip((big - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
-def colorize(heat: np.ndarray, cmap: str = DEFAULT_CMAP) -> np.ndarray:
-    """Map a (H, W) array in [0, 1] to uint8 RGB colours (H, W, 3)."""
+@functools.cache
+def colour_table(cmap: str = DEFAULT_CMAP) -> np.ndarray:
+    """The (256, 3) uint8 lookup table of a matplotlib colour map (matplotlib samples its maps at 256 levels too)."""
     from matplotlib import colormaps
 
-    return (colormaps[cmap](np.clip(heat, 0.0, 1.0))[..., :3] * 255.0 + 0.5).astype(np.uint8)
+    return (colormaps[cmap](np.arange(256))[:, :3] * 255.0 + 0.5).astype(np.uint8)  # integers index its table
+
+
+def colorize(heat: np.ndarray, cmap: str = DEFAULT_CMAP) -> np.ndarray:
+    """Map a (H, W) array in [0, 1] to uint8 RGB colours (H, W, 3) through the colour map's lookup table."""
+    # matplotlib's own binning: level floor(x · 256), with x = 1 in the top level.
+    return colour_table(cmap)[np.minimum(np.clip(heat, 0.0, 1.0) * 256.0, 255.0).astype(np.uint8)]
 
 
 def overlay(image: np.ndarray, attention: np.ndarray, opacity: float = 0.5, cmap: str = DEFAULT_CMAP) -> Image.Image:
@@ -77,9 +88,8 @@ def overlay(image: np.ndarray, attention: np.ndarray, opacity: float = 0.5, cmap
         raise ValueError(f"Expected an opacity between 0 and 1. Received: {opacity}.")
     rgb = _as_rgb(image)
     h, w = rgb.shape[:2]
-    colours = colorize(upsample(attention, (w, h)), cmap).astype(np.float32)
-    mixed = (1.0 - opacity) * rgb.astype(np.float32) + opacity * colours
-    return Image.fromarray(np.clip(mixed + 0.5, 0, 255).astype(np.uint8))
+    colours = Image.fromarray(colorize(upsample(attention, (w, h)), cmap))
+    return Image.blend(Image.fromarray(rgb), colours, opacity)  # (1 - opacity) · photo + opacity · colours
 
 
 def word_probabilities(caption: CaptionLike) -> np.ndarray:
@@ -101,10 +111,7 @@ def attention_grid(
 
     rgb = fit(_as_rgb(image), _PANEL_SIDE)
     h, w = rgb.shape[:2]
-    maps = np.asarray(caption.attention)  # (T, h, w)
-    n = len(caption.tokens)
-    if maps.shape[0] != n:
-        raise ValueError(f"Expected one attention map per word. Received: {maps.shape[0]} maps, {n} words.")
+    maps, n = _maps_per_word(caption), len(caption.tokens)
     probs = word_probabilities(caption)
     panels = max(n, 1)
     cols = max(1, min(columns, panels))
@@ -125,6 +132,65 @@ def attention_grid(
     if title:
         fig.suptitle(title, fontsize=11)
     return fig
+
+
+def attention_sheet(
+    image: np.ndarray, caption: CaptionLike, opacity: float = 0.5, *, title: str | None = None, **layout
+) -> Image.Image:
+    """`attention_grid`'s panels drawn with numpy and Pillow: one per word, labelled with the word and its p.
+
+    `layout` may set `columns` (5), `cmap` (turbo) and `panel_side` (the longest side of a panel, 240 pixels).
+    """
+    columns, cmap = layout.get("columns", 5), layout.get("cmap", DEFAULT_CMAP)
+    rgb = fit(_as_rgb(image), layout.get("panel_side", SHEET_PANEL_SIDE))
+    h, w = rgb.shape[:2]
+    maps, n = _maps_per_word(caption), len(caption.tokens)
+    font, title_font = _font(_SHEET_FONT), _font(_SHEET_TITLE_FONT)
+    label_h = _SHEET_FONT + 8
+    title_h = _SHEET_TITLE_FONT + 12 if title else 0
+    cols = max(1, min(columns, max(n, 1)))
+    rows = -(-max(n, 1) // cols)
+    cell_w, cell_h = w + _SHEET_GAP, h + label_h + _SHEET_GAP
+    sheet = Image.new("RGB", (cols * cell_w + _SHEET_GAP, title_h + rows * cell_h + _SHEET_GAP), "white")
+    draw = ImageDraw.Draw(sheet)
+    if title:
+        draw.text(
+            (_SHEET_GAP, 6), _shorten(draw, title, title_font, sheet.width - 2 * _SHEET_GAP), "#1F2430", title_font
+        )
+    if n == 0:
+        draw.text((_SHEET_GAP, title_h + 4), "(empty caption)", "#1F2430", font)
+        sheet.paste(Image.fromarray(rgb), (_SHEET_GAP, title_h + label_h))
+        return sheet
+    labels = [
+        f"{i + 1}. {word}  (p={p:.2f})"
+        for i, (word, p) in enumerate(zip(caption.tokens, word_probabilities(caption), strict=True))
+    ]
+    for i, label in enumerate(labels):
+        x, y = _SHEET_GAP + (i % cols) * cell_w, title_h + (i // cols) * cell_h
+        draw.text((x, y + 4), _shorten(draw, label, font, w), "#1F2430", font)
+        sheet.paste(overlay(rgb, maps[i], opacity, cmap), (x, y + label_h))
+    return sheet
+
+
+def to_jpeg(image: Image.Image, quality: int = SHEET_QUALITY) -> bytes:
+    """Encode a Pillow image as a compact JPEG (for display; the downloadable figure stays a PNG)."""
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=quality, optimize=True)
+    return buf.getvalue()
+
+
+@functools.cache
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)  # Pillow's bundled scalable font: no system fonts needed
+
+
+def _shorten(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
+    """`text`, cut with an ellipsis to fit `width` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
 
 
 def to_png(fig: Figure, dpi: int = 100) -> bytes:
@@ -175,6 +241,14 @@ def _write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _maps_per_word(caption: CaptionLike) -> np.ndarray:
+    """The caption's attention maps (T, h, w); raises ValueError unless there is one per word."""
+    maps, n = np.asarray(caption.attention), len(caption.tokens)
+    if maps.shape[0] != n:
+        raise ValueError(f"Expected one attention map per word. Received: {maps.shape[0]} maps, {n} words.")
+    return maps
 
 
 def _as_rgb(image: np.ndarray | Image.Image) -> np.ndarray:

@@ -1,1 +1,1 @@
-"""Streamlit pages of the Captioner app (run `streamlit run app.py`); `common` holds what they share."""
+"""Streamlit pages of the Captioner app (`streamlit run app.py`) and the modules they share."""

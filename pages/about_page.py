@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import streamlit as st
 
-from pages import common
+from pages import loader, places, widgets
 
 if TYPE_CHECKING:
     from captioner.pipeline import Captioner
@@ -28,7 +28,7 @@ HOW_IT_WORKS = """
 def about_page() -> None:
     """Model provenance, configuration, scores and model card."""
     st.title("About the model")
-    cap = common.captioner_ui()
+    cap = loader.captioner_ui()
     if cap is not None:
         provenance_ui(cap)
         architecture_ui(cap)
@@ -82,7 +82,7 @@ def scores_ui(cap: Captioner) -> None:
     d = metrics.get("decoding", {})
     st.caption(
         f"Beam search with k = {d.get('beam_size', '?')}, α = {d.get('length_penalty', '?')}"
-        f"{common.blocked_note(d)}. "
+        f"{widgets.blocked_note(d)}. "
         "The Test-set BLEU page shows per-image scores."
     )
 
@@ -106,10 +106,10 @@ def settings_ui() -> None:
         f"""
 | name | where | what |
 |---|---|---|
-| `{common.MODEL_ENV}` | env var or secret | model directory or `hf://OWNER/REPO@COMMIT` (default: `assets/model`) |
-| `{common.TOKEN_SECRET}` | env var or secret | Hugging Face token, only for private model repositories |
-| `{common.REPORT_ENV}` | env var | report for the Test-set BLEU page (default: `assets/report/test_report.json`) |
-| `{common.EXAMPLES_ENV}` | env var | folder of example photos (default: `assets/examples`) |
+| `{places.MODEL_ENV}` | env var or secret | model directory or `hf://OWNER/REPO@COMMIT` (default: `assets/model`) |
+| `{places.TOKEN_SECRET}` | env var or secret | Hugging Face token, only for private model repositories |
+| `{places.REPORT_ENV}` | env var | report for the Test-set BLEU page (default: `assets/report/test_report.json`) |
+| `{places.EXAMPLES_ENV}` | env var | folder of example photos (default: `assets/examples`) |
 """
     )
 

@@ -15,7 +15,7 @@ from captioner import viz
 from captioner.errors import CaptionerError
 from captioner.evaluate import read_report, tokenize
 from captioner.features import load_image
-from pages import common
+from pages import loader, places, sidebar, widgets
 
 if TYPE_CHECKING:
     from captioner.decode import Caption
@@ -41,8 +41,8 @@ HISTOGRAM_BIN = 5.0
 def evaluate_command(report: Path) -> str:
     """The commands that create the report and its thumbnails."""
     return (
-        f"captioner evaluate --data DIR --split test --beam 3 --out {common.shown_path(report)}\n"
-        f"captioner thumbnails --data DIR --split test --out {common.shown_path(common.thumbs_dir(report))}"
+        f"captioner evaluate --data DIR --split test --beam 3 --out {places.shown_path(report)}\n"
+        f"captioner thumbnails --data DIR --split test --out {places.shown_path(places.thumbs_dir(report))}"
     )
 
 
@@ -145,14 +145,14 @@ def corpus_table(report: dict) -> pd.DataFrame:
 def bleu_page() -> None:
     """Corpus scores beside published anchors, a histogram, a filterable table and a per-image detail view."""
     st.title("Test-set BLEU")
-    path = common.report_path()
+    path = places.report_path()
     try:
         stat = path.stat()
     except OSError:
-        st.warning(f"No evaluation report at `{common.shown_path(path)}` yet.", icon="📄")
+        st.warning(f"No evaluation report at `{places.shown_path(path)}` yet.", icon="📄")
         st.markdown("Create it (and the thumbnails the detail view shows) from a Flickr8k folder `DIR` with:")
         st.code(evaluate_command(path), language="bash")
-        st.caption(f"Set `{common.REPORT_ENV}` to read a report from somewhere else.")
+        st.caption(f"Set `{places.REPORT_ENV}` to read a report from somewhere else.")
         return
     stamp = (stat.st_mtime_ns, stat.st_size)
     try:
@@ -178,7 +178,7 @@ def corpus_ui(report: dict) -> None:
     st.markdown(
         f"**{n}** images of the **{report['split']}** split; beam search with k = {d['beam_size']}, "
         f"α = {d['length_penalty']}, at most {d['max_length']} words"
-        f"{common.blocked_note(d)}. Model `{report['model']['id']}`."
+        f"{widgets.blocked_note(d)}. Model `{report['model']['id']}`."
     )
     corpus = report["corpus"]
     cols = st.columns(4)
@@ -318,7 +318,7 @@ def detail_ui(report: dict, rows: pd.DataFrame, path: Path) -> None:
         help="Lists the images that pass the filters, in the table's order.",
     )
     entry = next(img for img in report["images"] if img["image"] == name)
-    thumb = common.thumbs_dir(path) / viz.thumbnail_name(name)
+    thumb = places.thumbs_dir(path) / viz.thumbnail_name(name)
     left, right = st.columns([2, 3])
     with left:
         if thumb.is_file():
@@ -328,14 +328,14 @@ def detail_ui(report: dict, rows: pd.DataFrame, path: Path) -> None:
             st.code(f"captioner thumbnails --data DIR --split test --out {thumb.parent}", language="bash")
     with right:
         st.markdown("**References**")
-        st.markdown("\n".join(f"{i + 1}. {common.md_escape(r)}" for i, r in enumerate(entry["references"])))
+        st.markdown("\n".join(f"{i + 1}. {widgets.md_escape(r)}" for i, r in enumerate(entry["references"])))
         g, b = st.columns(2)
         for col, mode, title in ((g, "greedy", "Greedy"), (b, "beam", f"Beam (k={report['decoding']['beam_size']})")):
             scores = " · ".join(f"{METRICS[k]} {entry[mode][k]:.1f}" for k in list(METRICS)[:4])
             if "cider" in entry[mode]:
                 scores += f" · CIDEr {entry[mode]['cider']:.3f}"
             col.markdown(f"**{title}**")
-            col.markdown(f"#### {common.md_escape(entry[mode]['caption']) or '*(empty caption)*'}")
+            col.markdown(f"#### {widgets.md_escape(entry[mode]['caption']) or '*(empty caption)*'}")
             col.caption(scores)
     if thumb.is_file() and st.toggle("Attention heatmaps (computed from the thumbnail)", key="bleu_attention"):
         report_attention_ui(report, name, thumb)
@@ -343,7 +343,7 @@ def detail_ui(report: dict, rows: pd.DataFrame, path: Path) -> None:
 
 def report_attention_ui(report: dict, name: str, thumb: Path) -> None:
     """Run the loaded model on the thumbnail and show its attention for greedy and beam decoding."""
-    cap = common.captioner_ui()
+    cap = loader.captioner_ui()
     if cap is None:
         return
     d = report["decoding"]
@@ -351,7 +351,7 @@ def report_attention_ui(report: dict, name: str, thumb: Path) -> None:
     if report["model"].get("weights_sha256") not in (None, cap.info.weights_sha256):
         st.warning("The loaded model is not the one this report was computed with; its captions may differ.")
     try:
-        image, captions = common.remember(
+        image, captions = widgets.remember(
             "report_attention", (str(thumb), beam, alpha, block), lambda: _run(cap, thumb, beam, alpha, block)
         )
     except CaptionerError as e:
@@ -362,12 +362,12 @@ def report_attention_ui(report: dict, name: str, thumb: Path) -> None:
         f"decoding settings (k = {beam}, α = {alpha}); the captions can differ slightly from the report's: "
         f"greedy “{captions['Greedy'].text}”, beam “{captions['Beam'].text}”."
     )
-    common.attention_ui(image, captions, common.current_settings().opacity, f"report:{name}", Path(name).stem)
+    widgets.attention_ui(image, captions, sidebar.current_settings().opacity, f"report:{name}", Path(name).stem)
 
 
 def _run(cap: Captioner, thumb: Path, beam: int, alpha: float, block: bool) -> tuple[np.ndarray, dict[str, Caption]]:
     image = load_image(thumb, thumb.name)
-    with common.model_lock():
+    with loader.model_lock():
         encoded = cap.encode([image], [thumb.name])
         greedy = cap.decode(encoded, beam_size=1, length_penalty=alpha, block_repeats=block)[0]
         best = cap.decode(encoded, beam_size=beam, length_penalty=alpha, block_repeats=block)[0]

@@ -18,10 +18,11 @@ from PIL import ExifTags, Image
 
 from captioner import features, viz
 from captioner.errors import CaptionerError, ImageError
-from pages import common
+from pages import loader, places, sidebar, widgets
 
 if TYPE_CHECKING:
     from captioner.decode import Caption
+    from captioner.imagenet import Label
     from captioner.pipeline import Captioner, Encoded
 
 LOG = logging.getLogger("captioner.app")
@@ -30,6 +31,10 @@ DISPLAY_SIDE = 800  # the photo kept per upload for display and overlays
 NON_JPEG_PIXELS = 50_000_000  # PNG, WebP… must be decoded whole (JPEGs decode at reduced scale): cap their memory
 HEATMAPS_BY_DEFAULT = 3  # batches up to this size open their attention heatmaps without a click
 FORMATS = "JPEG, PNG, WebP, BMP or GIF"
+UNFAMILIAR_NOTICE = (
+    "Unfamiliar photo: it is unlike the photos this model learned from (Flickr8k: mostly people, dogs and outdoor "
+    "scenes), so its caption may be wrong."
+)
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,8 @@ class Photo:
     encoded: Encoded  # one image
     original_size: tuple[int, int]  # (width, height) upright, at full resolution
     notes: list[str] = field(default_factory=list)
+    seen: list[Label] = field(default_factory=list)  # the backbone's top ImageNet classes (if the model has its head)
+    unfamiliar: bool = False  # unlike the training photos (if the model carries the calibration)
 
 
 @dataclass(frozen=True)
@@ -87,11 +94,14 @@ def read_photo(cap: Captioner, name: str, data: bytes, max_bytes: int | None = N
         check_size(name, len(data), max_bytes)
     notes, size = _inspect(name, data)
     # One upload at a time per process: a big PNG briefly needs hundreds of MB, and sessions must not stack them.
-    with common.model_lock():
+    with loader.model_lock():
         pixels = cap.prepare(data, name)  # the same preprocessing as `captioner caption`
         image = viz.fit(features.load_image(data, name, longest=DISPLAY_SIDE), DISPLAY_SIDE)
         encoded = cap.encode([pixels], [name])
-    return Photo(name, digest(data), image, encoded, size, notes)
+    # Both read the features just computed: no second backbone pass.
+    seen = cap.imagenet.top(encoded.features)[0] if cap.imagenet is not None else []
+    unfamiliar = cap.familiarity is not None and cap.familiarity.unfamiliar(encoded.features)[0]
+    return Photo(name, digest(data), image, encoded, size, notes, seen, unfamiliar)
 
 
 def _inspect(name: str, data: bytes) -> tuple[list[str], tuple[int, int]]:
@@ -146,7 +156,7 @@ def _orientation(im: Image.Image) -> int:
     return int(exif.get(ExifTags.Base.Orientation, 1) or 1)
 
 
-def captions_csv(results: Sequence[Result], settings: common.Settings) -> bytes:
+def captions_csv(results: Sequence[Result], settings: sidebar.Settings) -> bytes:
     """The batch's captions as CSV: one row per file, failures included with their error."""
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -183,7 +193,7 @@ def captions_csv(results: Sequence[Result], settings: common.Settings) -> bytes:
     return buf.getvalue().encode("utf-8")
 
 
-def captions_json(results: Sequence[Result], settings: common.Settings, cap: Captioner) -> bytes:
+def captions_json(results: Sequence[Result], settings: sidebar.Settings, cap: Captioner) -> bytes:
     """The batch's captions as JSON, with word probabilities, the beam's n-best list and the model's identity."""
 
     def entry(c: Caption) -> dict:
@@ -197,7 +207,11 @@ def captions_json(results: Sequence[Result], settings: common.Settings, cap: Cap
             images.append({"file": r.name, "error": r.error})
             continue
         beam = {**entry(r.beam), "n_best": [entry(h) for h in r.beam.n_best]}
-        images.append({"file": r.name, "greedy": entry(r.greedy), "beam": beam})
+        image = {"file": r.name, "greedy": entry(r.greedy), "beam": beam}
+        if r.photo is not None:
+            image["imagenet"] = [{"label": c.label, "p": round(c.p, 4)} for c in r.photo.seen]
+            image["unfamiliar"] = r.photo.unfamiliar
+        images.append(image)
     doc = {
         "model": {"source": cap.info.source, "commit": cap.info.commit, "weights_sha256": cap.info.weights_sha256},
         "decoding": {
@@ -225,10 +239,10 @@ def caption_page() -> None:
     if not uploads:
         st.info("Upload one or more photos, or pick an example, to caption them.", icon="🖼️")
         return
-    cap = common.captioner_ui()
+    cap = loader.captioner_ui()
     if cap is None:
         return
-    settings = common.current_settings()
+    settings = sidebar.current_settings()
     results = caption_batch_ui(cap, uploads, settings)
     if not results:
         return
@@ -243,7 +257,7 @@ def caption_page() -> None:
 
 def uploads_ui() -> list[Upload]:
     """The uploader and the example picker; returns the files in upload order."""
-    limit_mb = common.upload_limit_mb()
+    limit_mb = places.upload_limit_mb()
     files = st.file_uploader(
         "Photos",
         type=["image"],
@@ -251,7 +265,7 @@ def uploads_ui() -> list[Upload]:
         key="uploads",
         help=f"{FORMATS}, up to {limit_mb:g} MB each. Drop several at once to caption a batch.",
     )
-    examples = common.example_photos()
+    examples = places.example_photos()
     picked: list[str] = []
     if examples:
         picked = st.multiselect(
@@ -263,6 +277,12 @@ def uploads_ui() -> list[Upload]:
     max_bytes = int(limit_mb * 2**20)
     # A file over the limit is never read into a second copy: its size alone decides.
     uploads = [Upload(f.name, f.getvalue() if f.size <= max_bytes else b"", f.size) for f in files or []]
+    # Behind a toggle: the camera widget asks the browser for camera access as soon as it is drawn.
+    if st.toggle("Take a photo with the camera", key="use_camera", help="Captioned like an upload."):
+        shot = st.camera_input("Camera", key="camera")
+        if shot is not None:
+            data = shot.getvalue()
+            uploads.insert(0, Upload(f"camera-{digest(data)[:8]}.jpg", data, len(data)))
     by_name = {p.name: p for p in examples}
     for name in picked:
         try:
@@ -274,9 +294,9 @@ def uploads_ui() -> list[Upload]:
     return uploads
 
 
-def caption_batch_ui(cap: Captioner, uploads: list[Upload], settings: common.Settings) -> list[Result]:
+def caption_batch_ui(cap: Captioner, uploads: list[Upload], settings: sidebar.Settings) -> list[Result]:
     """Read, encode and decode every upload with a progress bar; failures become results with a message."""
-    max_bytes = int(common.upload_limit_mb() * 2**20)
+    max_bytes = int(places.upload_limit_mb() * 2**20)
     items = [(u, (u.name, digest(u.data) if u.size <= max_bytes else f"size:{u.size}")) for u in uploads]
     pending = [i for i, (_, key) in enumerate(items) if not _is_cached(key, settings)]
     bar = st.progress(0.0, text=f"Captioning {len(pending)} photo(s)…") if pending else None
@@ -291,24 +311,24 @@ def caption_batch_ui(cap: Captioner, uploads: list[Upload], settings: common.Set
     return results
 
 
-def _is_cached(key: tuple[str, str], settings: common.Settings) -> bool:
-    if not common.is_remembered("photo", key):
+def _is_cached(key: tuple[str, str], settings: sidebar.Settings) -> bool:
+    if not widgets.is_remembered("photo", key):
         return False
     if isinstance(st.session_state["_cache_photo"][key], str):
         return True
     return all(
-        common.is_remembered("caption", (*key, k, settings.length_penalty, settings.block_repeats))
+        widgets.is_remembered("caption", (*key, k, settings.length_penalty, settings.block_repeats))
         for k in (1, settings.beam_size)
     )
 
 
 def _caption_one(
-    cap: Captioner, upload: Upload, key: tuple[str, str], settings: common.Settings, max_bytes: int
+    cap: Captioner, upload: Upload, key: tuple[str, str], settings: sidebar.Settings, max_bytes: int
 ) -> Result:
     """One upload → Result; the UI edge for per-file errors, so one bad file never stops the batch."""
     name = upload.name
     try:
-        photo = common.remember("photo", key, lambda: _photo_or_error(cap, upload, max_bytes))
+        photo = widgets.remember("photo", key, lambda: _photo_or_error(cap, upload, max_bytes))
         if isinstance(photo, str):
             return Result(name, error=photo)
         greedy = _decoded(cap, photo, key, 1, settings)
@@ -331,17 +351,17 @@ def _photo_or_error(cap: Captioner, upload: Upload, max_bytes: int) -> Photo | s
         return str(e)  # load_image and check_size name the file and say what is wrong
 
 
-def _decoded(cap: Captioner, photo: Photo, key: tuple[str, str], beam: int, settings: common.Settings) -> Caption:
+def _decoded(cap: Captioner, photo: Photo, key: tuple[str, str], beam: int, settings: sidebar.Settings) -> Caption:
     alpha, block = settings.length_penalty, settings.block_repeats
 
     def run() -> Caption:
-        with common.model_lock():
+        with loader.model_lock():
             return cap.decode(photo.encoded, beam_size=beam, length_penalty=alpha, block_repeats=block)[0]
 
-    return common.remember("caption", (*key, beam, alpha, block), run)
+    return widgets.remember("caption", (*key, beam, alpha, block), run)
 
 
-def summary_ui(results: list[Result], settings: common.Settings, cap: Captioner) -> None:
+def summary_ui(results: list[Result], settings: sidebar.Settings, cap: Captioner) -> None:
     """Batch summary and export buttons."""
     ok = sum(r.error is None for r in results)
     failed = len(results) - ok
@@ -350,9 +370,10 @@ def summary_ui(results: list[Result], settings: common.Settings, cap: Captioner)
         line += f" {failed} could not be read; see the messages below."
     left, csv_col, json_col = st.columns([4, 1, 1], vertical_alignment="center")
     left.markdown(line)
+    # The exports are built when a button is pressed, not on every rerun.
     csv_col.download_button(
         "CSV",
-        captions_csv(results, settings),
+        lambda: captions_csv(results, settings),
         file_name="captions.csv",
         mime="text/csv",
         icon=":material/download:",
@@ -361,7 +382,7 @@ def summary_ui(results: list[Result], settings: common.Settings, cap: Captioner)
     )
     json_col.download_button(
         "JSON",
-        captions_json(results, settings, cap),
+        lambda: captions_json(results, settings, cap),
         file_name="captions.json",
         mime="application/json",
         icon=":material/download:",
@@ -371,14 +392,16 @@ def summary_ui(results: list[Result], settings: common.Settings, cap: Captioner)
 
 
 def photo_ui(
-    name: str, photo: Photo, greedy: Caption, beam: Caption, settings: common.Settings, index: int, heatmaps: bool
+    name: str, photo: Photo, greedy: Caption, beam: Caption, settings: sidebar.Settings, index: int, heatmaps: bool
 ) -> None:
     """One photo: the image, greedy and beam captions side by side, the n-best list and attention on demand."""
     key = f"{index}:{photo.digest[:16]}"
     with st.container(border=True):
         st.subheader(name, anchor=False)
+        if photo.unfamiliar:
+            st.warning(UNFAMILIAR_NOTICE, icon="🧭")
         for note in photo.notes:
-            st.caption(f"ℹ️ {common.md_escape(name)}: {note}.")
+            st.caption(f"ℹ️ {widgets.md_escape(name)}: {note}.")
         left, right = st.columns([2, 3])
         w, h = photo.original_size
         left.image(photo.image, caption=f"{w}×{h} px" if w else None, output_format="JPEG")
@@ -386,20 +409,32 @@ def photo_ui(
             g, b = st.columns(2)
             caption_card_ui(g, "Greedy", greedy)
             caption_card_ui(b, f"Beam search (k={settings.beam_size}, α={settings.length_penalty:.2f})", beam)
+            if photo.seen:
+                seen_ui(photo.seen)
             if st.toggle("Beam n-best list", key=f"{key}:nbest"):
                 nbest_ui(beam)
         if st.toggle("Attention heatmaps", value=heatmaps, key=f"{key}:attention"):
             stem = Path(name).stem
-            common.attention_ui(photo.image, {"Greedy": greedy, "Beam": beam}, settings.opacity, key, stem)
+            widgets.attention_ui(photo.image, {"Greedy": greedy, "Beam": beam}, settings.opacity, key, stem)
 
 
 def caption_card_ui(column, title: str, caption: Caption) -> None:
     """One caption with its log-probability."""
     with column:
         st.markdown(f"**{title}**")
-        text = common.md_escape(caption.text) if caption.text else "*(empty caption)*"
+        text = widgets.md_escape(caption.text) if caption.text else "*(empty caption)*"
         st.markdown(f"#### {text}")
-        st.caption(common.caption_stats(caption))
+        st.caption(widgets.caption_stats(caption))
+
+
+def seen_ui(seen: Sequence[Label]) -> None:
+    """The backbone's top ImageNet classes for the photo, from the same pass that feeds the captioner."""
+    st.markdown(
+        "**What the backbone sees**",
+        help="The top ImageNet classes of the encoder's own ImageNet classifier (1000 classes), from the same "
+        "features the captions come from. The captioner itself only knows Flickr8k's words.",
+    )
+    st.caption(" · ".join(f"{widgets.md_escape(c.label)} {c.p:.2f}" for c in seen))
 
 
 def nbest_ui(beam: Caption) -> None:

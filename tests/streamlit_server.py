@@ -32,9 +32,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(env: dict[str, str], port: int, log: Path) -> subprocess.Popen:
-    """`streamlit run app.py` on 127.0.0.1:port, headless, in its own process group, output to `log`."""
-    cmd = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+def start_server(env: dict[str, str], port: int, log: Path, prefix: list[str] | None = None) -> subprocess.Popen:
+    """`streamlit run app.py` on 127.0.0.1:port, headless, in its own process group, output to `log`.
+
+    `prefix` goes before the command (e.g. `taskset -c 0`, or a shell that joins a cgroup and execs the rest).
+    """
+    cmd = [*(prefix or []), sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
            "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
            "--server.fileWatcherType", "none"]  # fmt: skip
     with open(log, "wb") as out:
@@ -67,9 +70,13 @@ def stop_server(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def launch_browser(playwright, profile: str | Path, height: int = 1000):
+# A fake camera (a generated test pattern) that the page may use without a permission prompt.
+FAKE_CAMERA_ARGS = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+
+
+def launch_browser(playwright, profile: str | Path, height: int = 1000, extra_args: list[str] | None = None):
     """Headless Debian Chromium with a fresh profile (Playwright takes it as user_data_dir, not as a flag)."""
     return playwright.chromium.launch_persistent_context(
-        str(profile), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS,
+        str(profile), executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS + (extra_args or []),
         viewport={"width": 1400, "height": height},
     )  # fmt: skip

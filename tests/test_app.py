@@ -7,6 +7,7 @@ The app runs against the tiny random-weight model (CAPTIONER_MODEL), a small rep
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import io
 import json
@@ -25,6 +26,7 @@ from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
 
 from captioner import paths
+from captioner.files import IMAGENET_HEAD_FILE, IMAGENET_LABELS_FILE
 from captioner.report import build_report, write_report
 
 if str(REPO) not in sys.path:  # the pages package sits at the repository root, beside app.py
@@ -32,7 +34,7 @@ if str(REPO) not in sys.path:  # the pages package sits at the repository root, 
 
 from pages import bleu_page as bleu
 from pages import caption_page as caption
-from pages import common
+from pages import coldstart, loader, places, sidebar
 
 APP = REPO / "app.py"
 TIMEOUT = 180  # the first run in a test session loads TensorFlow and the model
@@ -172,8 +174,8 @@ def talkative_model(tiny_model_dir, tmp_path_factory) -> Path:
 @pytest.fixture
 def app_env(monkeypatch, talkative_model, report_file, examples_dir) -> None:
     monkeypatch.setenv("CAPTIONER_MODEL", str(talkative_model))
-    monkeypatch.setenv(common.REPORT_ENV, str(report_file))
-    monkeypatch.setenv(common.EXAMPLES_ENV, str(examples_dir))
+    monkeypatch.setenv(places.REPORT_ENV, str(report_file))
+    monkeypatch.setenv(places.EXAMPLES_ENV, str(examples_dir))
 
 
 def _app() -> AppTest:
@@ -225,10 +227,10 @@ def test_streamlit_run_starts_loading_the_model_with_the_server_and_sessions_reu
         made.append(real_loader(secrets))
         return made[-1]
 
-    real_loader = common.ModelLoader
-    monkeypatch.setattr(common, "ModelLoader", recording_loader)
+    real_loader = loader.ModelLoader
+    monkeypatch.setattr(loader, "ModelLoader", recording_loader)
     monkeypatch.setattr(st_config, "_main_script_path", st_config._main_script_path)  # st.App pins it
-    common._model_loader.clear()
+    loader._model_loader.clear()
     server = runpy.run_path(str(APP), run_name="app")  # what `streamlit run app.py` imports to find the server app
     assert isinstance(server["app"], st.App)
 
@@ -260,8 +262,37 @@ def test_garbage_collection_is_paused_while_the_model_loads_and_resumes_after_a_
     monkeypatch.setattr(Captioner, "load", failing_load)
     monkeypatch.setattr(gc, "freeze", lambda: collecting.append("frozen"))
     with pytest.raises(ModelError):
-        common.ModelLoader({}).result()
+        loader.ModelLoader({}).result()
     assert collecting == [False, "frozen"] and gc.isenabled()
+
+
+def test_the_app_loads_and_captions_with_every_cold_start_measure_switched_off(app_env, monkeypatch):
+    # Catches the app depending on a cold-start measure to work at all (or the switch leaving one of them on).
+    from captioner.pipeline import Captioner
+
+    during_load = []
+    real_load = Captioner.load.__func__
+
+    def recording_load(cls, *args, **kwargs):
+        during_load.append(gc.isenabled())
+        return real_load(cls, *args, **kwargs)
+
+    def measure(name: str):
+        return lambda *args: during_load.append(name) or contextlib.nullcontext()
+
+    monkeypatch.setenv(coldstart.SWITCH_ENV, "off")
+    monkeypatch.setattr(Captioner, "load", classmethod(recording_load))
+    monkeypatch.setattr(coldstart, "_collector_paused", measure("collector paused"))
+    monkeypatch.setattr(coldstart, "_unimportable_here", measure("imports blocked"))
+    loader._model_loader.clear()
+    try:
+        at = _app()
+        at.file_uploader(key="uploads").set_value(("plain.jpg", _jpeg(320, 240, seed=9), "image/jpeg")).run()
+        _no_exceptions(at)
+        assert "Captioned **1** of 1 file(s)." in _texts(at.markdown)
+        assert during_load == [True]  # no measure was taken and the collector ran as usual
+    finally:
+        loader._model_loader.clear()  # later tests load with the measures on again
 
 
 def test_keras_extras_are_unimportable_only_on_the_loading_thread(monkeypatch, tmp_path):
@@ -270,7 +301,7 @@ def test_keras_extras_are_unimportable_only_on_the_loading_thread(monkeypatch, t
     (tmp_path / "extra_for_this_test.py").write_text("VALUE = 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     elsewhere = []
-    with common._unimportable_here(frozenset({"extra_for_this_test"})):
+    with coldstart._unimportable_here(frozenset({"extra_for_this_test"})):
         with pytest.raises(ModuleNotFoundError, match="while the model loads"):
             import extra_for_this_test
         # Another thread (a page drawing a table while the model loads) imports it as usual.
@@ -289,7 +320,7 @@ def test_a_model_that_cannot_load_is_explained_without_a_traceback(monkeypatch, 
     missing = tmp_path / "no_model_here"
     monkeypatch.setenv("CAPTIONER_MODEL", str(missing))
     monkeypatch.setattr(paths, "BUNDLED_MODEL_DIR", tmp_path / "no_bundled_model_either")
-    monkeypatch.setenv(common.REPORT_ENV, str(report_file))
+    monkeypatch.setenv(places.REPORT_ENV, str(report_file))
     at = _app()
     at.file_uploader(key="uploads").set_value(("photo.jpg", _jpeg(64, 48), "image/jpeg")).run()
     _no_exceptions(at)
@@ -415,6 +446,65 @@ def test_example_photos_can_be_captioned(app_env):
     assert "**Greedy**" in _texts(at.markdown)
 
 
+def test_a_camera_photo_is_captioned_like_an_upload(app_env):
+    # Catches a camera shot that is drawn but never reaches the captioning (or only when no file is uploaded).
+    at = _app()
+    assert not at.camera_input  # the browser is not asked for the camera until the user wants it
+    at.toggle(key="use_camera").set_value(True).run()
+    shot = _jpeg(640, 480, seed=5)
+    at.camera_input(key="camera").set_value(("camera.jpg", shot, "image/jpeg")).run()
+    at.file_uploader(key="uploads").set_value(("ok.jpg", _jpeg(400, 300, seed=6), "image/jpeg")).run()
+    _no_exceptions(at)
+    assert [s.value for s in at.main.subheader] == [f"camera-{caption.digest(shot)[:8]}.jpg", "ok.jpg"]
+    assert "Captioned **2** of 2 file(s)." in _texts(at.markdown)
+    assert "640×480 px" in _image_captions(at)
+
+
+FAMILIAR, STRANGE = _jpeg(400, 300, seed=21), np.full((300, 400, 3), 250, np.uint8)
+
+
+@pytest.fixture(scope="module")
+def seeing_model(talkative_model, tmp_path_factory) -> Path:
+    """The talkative model with an ImageNet head that sees a "tabby" and a calibration that knows only FAMILIAR."""
+    import shutil
+
+    from captioner import familiarity, hub, imagenet
+    from captioner.pipeline import Captioner
+
+    out = tmp_path_factory.mktemp("seeing") / "model"
+    shutil.copytree(talkative_model, out)
+    shutil.copyfile(paths.BUNDLED_MODEL_DIR / IMAGENET_LABELS_FILE, out / IMAGENET_LABELS_FILE)
+    bias = np.zeros(1000, np.float16)
+    bias[281] = 20.0  # "tabby, tabby cat"
+    np.savez(out / IMAGENET_HEAD_FILE, kernel=np.zeros((1280, 1000), np.float16), bias=bias)
+    cap = Captioner.from_directory(out)
+    familiar = cap.encode([FAMILIAR]).features
+    fam = familiarity.calibrate(np.repeat(imagenet.pool(familiar), 5, axis=0), imagenet.pool(familiar), k=1)
+    strange = float(fam.score(cap.encode([STRANGE]).features)[0])
+    assert strange > 1e-4  # the random backbone tells the two photos apart
+    familiarity.Familiarity(fam.basis, fam.refs, strange / 2, 1).save(out)
+    hub.write_manifest(out)
+    return out
+
+
+def test_photos_show_what_the_backbone_sees_and_only_unfamiliar_ones_get_the_notice(app_env, monkeypatch, seeing_model):
+    # Catches the ImageNet view or the "Unfamiliar photo" notice going missing, or the notice shown for every photo.
+    monkeypatch.setenv("CAPTIONER_MODEL", str(seeing_model))
+    at = _app()
+    strange = _png(Image.fromarray(STRANGE))
+    at.file_uploader(key="uploads").set_value(
+        [("familiar.jpg", FAMILIAR, "image/jpeg"), ("strange.png", strange, "image/png")]
+    ).run()
+    _no_exceptions(at)
+    assert [s.value for s in at.main.subheader] == ["familiar.jpg", "strange.png"]
+    assert "**What the backbone sees**" in _texts(at.markdown)
+    assert sum(c.startswith("tabby 1.00 · ") for c in _texts(at.caption)) == 2
+    (notice,) = _texts(at.warning)
+    assert notice.startswith("Unfamiliar photo") and "Flickr8k" in notice and "may be wrong" in notice
+    photos = {name: photo for (name, _), photo in at.session_state["_cache_photo"].items()}
+    assert (photos["familiar.jpg"].unfamiliar, photos["strange.png"].unfamiliar) == (False, True)
+
+
 def test_changing_decoding_settings_reuses_the_encoded_photo(app_env, monkeypatch):
     from captioner.pipeline import Captioner
 
@@ -454,8 +544,8 @@ def test_the_captions_shown_are_what_captioner_decodes_with_the_sidebar_settings
     # <end> is likely at every word, so α decides how long the beam caption is: an app that ignored α would show one.
     model_dir = talkative_copy(tiny_model_dir, tmp_path / "model", end_bias=0.0)
     monkeypatch.setenv("CAPTIONER_MODEL", str(model_dir))
-    monkeypatch.setenv(common.REPORT_ENV, str(report_file))
-    monkeypatch.setenv(common.EXAMPLES_ENV, str(examples_dir))
+    monkeypatch.setenv(places.REPORT_ENV, str(report_file))
+    monkeypatch.setenv(places.EXAMPLES_ENV, str(examples_dir))
     data = _jpeg(320, 240, seed=3)
     cap = Captioner.load(str(model_dir))
     encoded = cap.encode([data])
@@ -490,7 +580,7 @@ def test_exports_list_every_file_with_captions_or_its_error(tiny_model_dir):
         caption.Result("a.jpg", photo=None, greedy=_caption_result("a dog"), beam=_caption_result("a brown dog", 2)),
         caption.Result("b.png", error="b.png: the file is empty (0 bytes)."),
     ]
-    settings = common.Settings(beam_size=2, length_penalty=0.5, opacity=0.4, block_repeats=True)
+    settings = sidebar.Settings(beam_size=2, length_penalty=0.5, opacity=0.4, block_repeats=True)
     rows = caption.captions_csv(results, settings).decode().splitlines()
     assert rows[0].startswith("file,greedy_caption,greedy_log_prob,beam_caption")
     assert rows[1].startswith("a.jpg,a dog,-3.5000,a brown dog,-3.5000,-1.2000,2,0.5,")
@@ -597,7 +687,7 @@ def test_bleu_detail_view_shows_photo_references_scores_and_heatmaps(app_env):
 
 
 def test_bleu_page_without_a_report_says_how_to_create_it(app_env, monkeypatch, tmp_path):
-    monkeypatch.setenv(common.REPORT_ENV, str(tmp_path / "nowhere" / "test_report.json"))
+    monkeypatch.setenv(places.REPORT_ENV, str(tmp_path / "nowhere" / "test_report.json"))
     at = _bleu_app()
     assert "No evaluation report" in at.warning[0].value
     assert "captioner evaluate --data DIR --split test --beam 3 --out" in at.code[0].value
@@ -606,7 +696,7 @@ def test_bleu_page_without_a_report_says_how_to_create_it(app_env, monkeypatch, 
 def test_bleu_page_reports_a_malformed_report_without_a_traceback(app_env, monkeypatch, tmp_path):
     broken = tmp_path / "test_report.json"
     broken.write_text('{"model": {}, "images": [', encoding="utf-8")
-    monkeypatch.setenv(common.REPORT_ENV, str(broken))
+    monkeypatch.setenv(places.REPORT_ENV, str(broken))
     at = _bleu_app()
     assert "cannot be used" in at.error[0].value and "valid JSON" in at.error[0].value
 
@@ -627,8 +717,10 @@ def test_filters_treat_the_slider_ends_as_open_so_no_image_is_lost():
     assert list(bleu.apply_filters(table, f)["image"]) == ["b"]
 
 
-def test_the_app_reads_the_same_setting_names_as_the_package():
-    from captioner import settings
+def test_the_shipped_config_watches_no_files_and_never_reruns_on_save():
+    # Catches the production config following every file under the repository (a .venv inside it cost ~3× the server
+    # CPU per photo and flooded the log with inotify overflows).
+    import tomllib
 
-    assert (common.MODEL_ENV, common.TOKEN_SECRET) == (settings.MODEL_ENV, settings.TOKEN_SECRET)
-    assert (common.REPORT_ENV, common.EXAMPLES_ENV) == (settings.REPORT_ENV, settings.EXAMPLES_ENV)
+    server = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())["server"]
+    assert server["fileWatcherType"] == "none" and server["runOnSave"] is False

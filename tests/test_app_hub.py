@@ -11,7 +11,7 @@ from test_hub import fake_hub  # noqa: F401 — the fake Hub fixture, with huggi
 if str(REPO) not in sys.path:  # the pages package sits at the repository root, beside app.py
     sys.path.insert(0, str(REPO))
 
-from pages import common
+from pages import loader
 
 
 def _about_sidebar(timeout: int = 180) -> str:
@@ -29,13 +29,13 @@ def test_app_loads_a_pinned_hub_model_then_serves_it_from_the_cache_when_the_hub
 ):
     sha = fake_hub.commit("alice/captioner", {p.name: p.read_bytes() for p in tiny_model_dir.iterdir()})
     monkeypatch.setenv("CAPTIONER_MODEL", f"hf://alice/captioner@{sha}")
-    common._model_loader.clear()
+    loader._model_loader.clear()
     online = _about_sidebar()
     assert f"hf://alice/captioner@{sha}" in online and sha[:12] in online
     assert "No model" not in online and "bundled" not in online.lower()
     assert fake_hub.requests("GET", "resolve")  # the weights really came over HTTP
 
     fake_hub.stop()
-    common._model_loader.clear()  # a fresh process: nothing in memory, only the HF cache on disk
+    loader._model_loader.clear()  # a fresh process: nothing in memory, only the HF cache on disk
     offline = _about_sidebar()
     assert sha[:12] in offline and "No model" not in offline and "bundled" not in offline.lower()

@@ -11,13 +11,22 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import PHOTOS, REPO, in_ci, needs, needs_module, talkative_copy
 from PIL import Image
-from streamlit_server import CHROMIUM, free_port, launch_browser, start_server, stop_server, wait_healthy
+from streamlit_server import (
+    CHROMIUM,
+    FAKE_CAMERA_ARGS,
+    free_port,
+    launch_browser,
+    start_server,
+    stop_server,
+    wait_healthy,
+)
 
 from captioner.report import build_report, write_report
 
@@ -59,19 +68,19 @@ def report_file(tmp_path_factory) -> Path:
     return root / "test_report.json"
 
 
-@pytest.fixture(scope="module")
-def server(tiny_model_dir, report_file, tmp_path_factory) -> Iterator[str]:
-    """`streamlit run app.py` on a free loopback port, serving the tiny model and the test report."""
+@contextmanager
+def _serving(model_dir: Path, report_file: Path, tmp: Path, log_name: str) -> Iterator[str]:
+    """`streamlit run app.py` on a free loopback port, serving the given model and report; yields its URL."""
     needs(CHROMIUM.exists(), f"needs Debian's Chromium at {CHROMIUM} (apt-get install -y chromium)")
     needs_module("playwright", "needs the playwright Python package")
     port = free_port()
     env = {
         **os.environ,
-        "CAPTIONER_MODEL": str(talkative_copy(tiny_model_dir, tmp_path_factory.mktemp("talkative") / "model")),
+        "CAPTIONER_MODEL": str(model_dir),
         "CAPTIONER_REPORT": str(report_file),
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
-    log_path = tmp_path_factory.mktemp("server") / "streamlit.log"
+    log_path = tmp / "streamlit.log"
     proc = start_server(env, port, log_path)
     try:
         try:
@@ -83,22 +92,57 @@ def server(tiny_model_dir, report_file, tmp_path_factory) -> Iterator[str]:
         stop_server(proc)
         # Keep the server's log with the screenshots: it holds any traceback the app logged instead of showing.
         ARTIFACTS.mkdir(exist_ok=True)
-        shutil.copyfile(log_path, ARTIFACTS / "browser_streamlit.log")
+        shutil.copyfile(log_path, ARTIFACTS / log_name)
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def talkative_model(tiny_model_dir, tmp_path_factory) -> Path:
+    return talkative_copy(tiny_model_dir, tmp_path_factory.mktemp("talkative") / "model")
+
+
+@pytest.fixture(scope="module")
+def server(talkative_model, report_file, tmp_path_factory) -> Iterator[str]:
+    """The server most tests share, serving the tiny model and the test report."""
+    with _serving(talkative_model, report_file, tmp_path_factory.mktemp("server"), "browser_streamlit.log") as url:
+        yield url
+
+
+@contextmanager
+def _browser(height: int = 2400, extra_args: list[str] | None = None):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p, tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
         # A fresh profile each run; Playwright takes it as user_data_dir instead of a --user-data-dir flag.
-        context = launch_browser(p, profile, height=2400)
+        context = launch_browser(p, profile, height=height, extra_args=extra_args)
         try:
             tab = context.new_page()
             tab.set_default_timeout(TIMEOUT_MS)
             yield tab
         finally:
             context.close()
+
+
+def test_a_deep_link_is_the_first_request_after_a_server_start_without_page_not_found(
+    talkative_model, report_file, tmp_path
+):
+    # Catches Streamlit's legacy pages/ router answering before st.navigation has run: a cold server used to show
+    # a "Page not found" dialog for /bleu (every Community Cloud wake-up that starts from a shared link).
+    with _serving(talkative_model, report_file, tmp_path, "browser_deep_link.log") as url, _browser() as tab:
+        tab.goto(f"{url}/bleu")
+        tab.get_by_role("heading", name="Test-set BLEU").wait_for()
+        _wait_until_idle(tab)
+        assert tab.get_by_text("Page not found", exact=False).count() == 0
+        assert tab.locator("[role=dialog]").count() == 0
+        assert tab.url.endswith("/bleu")
+        tab.goto(f"{url}/about")
+        tab.get_by_role("heading", name="About the model").wait_for()
+        assert tab.get_by_text("Page not found", exact=False).count() == 0
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    with _browser(extra_args=FAKE_CAMERA_ARGS) as tab:
+        yield tab
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +210,16 @@ def test_upload_captions_heatmap_and_bleu_page_in_chromium(server, page, uploads
     assert page.locator("[data-testid=stException]").count() == 0
     _screenshot(page, "browser_bleu.png")
     assert page.url.endswith("/bleu")
+
+
+def test_a_camera_photo_is_captioned_in_chromium(server, page):
+    # Catches a camera shot that the browser takes but the page never captions (Chromium's fake camera is the device).
+    page.goto(server)
+    page.get_by_role("heading", name="Caption photos").wait_for()
+    page.get_by_text("Take a photo with the camera", exact=True).click()
+    page.get_by_role("button", name="Take Photo").click()
+    page.get_by_role("heading", name="camera-", exact=False).wait_for()
+    page.get_by_text("Captioned 1 of 1 file(s)", exact=False).wait_for()
+    assert page.get_by_text("log p = ", exact=False).count() == 2
+    assert page.locator("[data-testid=stException]").count() == 0
+    _screenshot(page, "browser_camera.png")

@@ -100,6 +100,47 @@ def test_to_png_gives_a_decodable_png():
         assert im.width > im.height > 50
 
 
+def test_colorize_matches_the_matplotlib_colour_map_it_replaces():
+    # Catches a lookup table that drifts from matplotlib's map (wrong order, wrong scaling, off-by-one levels).
+    from matplotlib import colormaps
+
+    heat = np.linspace(0.0, 1.0, 1000)[None, :]
+    reference = (colormaps[viz.DEFAULT_CMAP](heat)[..., :3] * 255 + 0.5).astype(int)
+    np.testing.assert_array_equal(viz.colorize(heat).astype(int), reference)
+
+
+def test_attention_sheet_has_one_overlay_panel_per_word_at_the_grid_layout():
+    # Catches a sheet that drops words, lays panels out wrongly, or pastes the photo without its heatmap.
+    photo = _photo(240, 180)
+    words = ["a", "dog", "runs", "on", "the", "beach", "today"]
+    caption = _caption(words)
+    sheet = viz.attention_sheet(photo, caption, opacity=1.0, columns=5, title="a dog runs")
+    assert sheet.mode == "RGB"
+    pixels = np.asarray(sheet)
+    panel = np.asarray(viz.overlay(photo, caption.attention[6], 1.0))  # the 7th word: row 2, column 2
+    gap, label_h, title_h = 6, 14 + 8, 16 + 12
+    x, y = gap + (240 + gap), title_h + (180 + label_h + gap) + label_h
+    np.testing.assert_array_equal(pixels[y : y + 180, x : x + 240], panel)
+    assert sheet.size == (5 * (240 + gap) + gap, title_h + 2 * (180 + label_h + gap) + gap)
+    assert pixels[y + 90, x + 240 + gap + 100].tolist() == [255, 255, 255]  # the 8th panel is blank
+
+
+def test_attention_sheet_as_jpeg_of_a_14_word_caption_stays_under_250_kb():
+    # Catches the display heatmap growing back towards the ~900 KB PNG figure it replaced.
+    rng = np.random.default_rng(3)
+    photo = np.clip(rng.normal(128, 60, (600, 800, 3)), 0, 255).astype(np.uint8)  # noisy: hard to compress
+    jpeg = viz.to_jpeg(viz.attention_sheet(photo, _caption([f"w{i}" for i in range(14)], (9, 9)), title="t"))
+    assert jpeg[:2] == b"\xff\xd8" and len(jpeg) <= 250 * 1024
+
+
+def test_attention_sheet_of_an_empty_caption_shows_the_photo_and_rejects_mismatched_maps():
+    assert viz.attention_sheet(_photo(), _caption([])).width > 200
+    caption = _caption(["a", "dog"])
+    caption.attention = caption.attention[:1]
+    with pytest.raises(ValueError, match="one attention map per word"):
+        viz.attention_sheet(_photo(), caption)
+
+
 def test_fit_shrinks_keeping_aspect_and_never_enlarges():
     assert viz.fit(_photo(400, 100), 200).shape == (50, 200, 3)
     small = _photo(40, 30)

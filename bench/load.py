@@ -1,0 +1,199 @@
+"""The app under load: N concurrent Chromium sessions, each uploading a different full-resolution photo at once.
+
+Starts `streamlit run app.py` (optionally pinned with taskset, or inside a cgroup capping memory and CPU as
+Streamlit Community Cloud does), warms it with one session (the model loads once per server), then opens N fresh
+browser sessions that upload their photos together. Prints p50/p95/max seconds from the upload to both captions on
+screen and to the attention heatmap, errors, cross-talk (a page showing another session's photo), the server's
+CPU-seconds per photo and its peak RSS. Exits 1 on any error or cross-talk.
+
+    python bench/load.py                                  # 16 sessions, ../shared/photos + bundled examples
+    python bench/load.py --sessions 32
+    python bench/load.py --sessions 1 --taskset 0         # the server on one core
+    python bench/load.py --sessions 4 --memory 700M --cpus 1     # Community Cloud's lower bound (needs root)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import SHARED
+from app_memory import Sampler, tree_cpu_seconds
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the Streamlit/Chromium harness the browser test uses too
+from streamlit_server import CHROMIUM, CHROMIUM_ARGS, free_port, start_server, stop_server, wait_healthy  # noqa: E402
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+TIMEOUT_MS = 300_000
+
+
+def photos_for(count: int, folder: Path) -> list[Path]:
+    """`count` photos with distinct names (../shared/photos, then the bundled examples, repeated under new names)."""
+    sources = sorted((SHARED / "photos").glob("*.jpg")) + sorted((REPO / "assets" / "examples").glob("*.jpg"))
+    out = []
+    for i in range(count):
+        src = sources[i % len(sources)]
+        out.append(folder / f"s{i:02d}-{src.name}")
+        shutil.copyfile(src, out[-1])
+    return out
+
+
+def size_bytes(text: str) -> int:
+    """'700M' / '2.7G' / '1200000000' → bytes."""
+    units = {"K": 2**10, "M": 2**20, "G": 2**30}
+    return int(float(text[:-1]) * units[text[-1].upper()]) if text[-1].upper() in units else int(text)
+
+
+def cgroup_prefix(memory: str | None, cpus: float | None) -> tuple[list[str], list[Path]]:
+    """A command prefix that moves the server into fresh cgroups (v2 unified, else v1 memory/cpu) with these caps."""
+    name = f"captioner-load-{os.getpid()}"
+    made: list[Path] = []
+    if (CGROUP_ROOT / "cgroup.controllers").exists():  # v2
+        group = CGROUP_ROOT / name
+        group.mkdir()
+        made.append(group)
+        if memory:
+            (group / "memory.max").write_text(str(size_bytes(memory)))
+        if cpus:
+            (group / "cpu.max").write_text(f"{int(cpus * 100_000)} 100000")
+    else:  # v1: one group per controller
+        if memory:
+            made.append(CGROUP_ROOT / "memory" / name)
+            made[-1].mkdir()
+            (made[-1] / "memory.limit_in_bytes").write_text(str(size_bytes(memory)))
+        if cpus:
+            made.append(CGROUP_ROOT / "cpu" / name)
+            made[-1].mkdir()
+            (made[-1] / "cpu.cfs_period_us").write_text("100000")
+            (made[-1] / "cpu.cfs_quota_us").write_text(str(int(cpus * 100_000)))
+    join = " && ".join(f"echo $$ > {g / 'cgroup.procs'}" for g in made)
+    return ["sh", "-c", f'{join} && exec "$@"', "sh"], made
+
+
+async def session(browser, url: str, photo: Path, others: set[str]) -> dict:
+    """One fresh browser session: upload `photo`, time captions and heatmap, look for errors and cross-talk."""
+    context = await browser.new_context(viewport={"width": 1400, "height": 2400})
+    page = await context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    result = {"photo": photo.name, "error": None, "cross_talk": False}
+    try:
+        await page.goto(url)
+        await page.get_by_role("heading", name="Caption photos").wait_for()
+        uploader = page.locator("input[type=file]").first
+        await uploader.wait_for(state="attached")
+        await result_ready.wait()  # every session starts uploading at the same moment
+        t0 = time.perf_counter()
+        await uploader.set_input_files(str(photo))
+        await page.get_by_text("log p = ", exact=False).nth(1).wait_for()
+        result["captions"] = time.perf_counter() - t0
+        await page.get_by_text("Greedy — attention for every word", exact=True).wait_for()
+        await page.wait_for_function(
+            "() => [...document.querySelectorAll('[data-testid=stImage] img')].every(i => i.complete && i.naturalWidth)"
+        )
+        result["heatmap"] = time.perf_counter() - t0
+        headings = await page.locator("[data-testid=stHeading] h3").all_inner_texts()
+        result["cross_talk"] = bool({h.strip() for h in headings} & others) or photo.name not in headings
+        if await page.locator("[data-testid=stException], [data-testid=stAlertContentError]").count():
+            result["error"] = "an error or exception is on the page"
+    except Exception as e:  # timeouts and browser errors count as errors, the run goes on
+        result["error"] = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+    finally:
+        await context.close()
+    return result
+
+
+result_ready: asyncio.Event
+
+
+async def run_sessions(url: str, photos: list[Path], server_pid: int) -> tuple[list[dict], float]:
+    """Warm the server with one session, then run one session per photo concurrently; returns results, CPU-s."""
+    global result_ready
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        result_ready = asyncio.Event()
+        result_ready.set()
+        warm = await session(browser, url, photos[-1], set())  # loads the model; not counted
+        if warm["error"]:
+            raise RuntimeError(f"warm-up session failed: {warm['error']}")
+        result_ready = asyncio.Event()
+        names = {p.name for p in photos[:-1]}
+        tasks = [asyncio.create_task(session(browser, url, ph, names - {ph.name})) for ph in photos[:-1]]
+        await asyncio.sleep(1.0)  # let every page open before the uploads start
+        cpu0 = tree_cpu_seconds(server_pid)
+        result_ready.set()
+        results = await asyncio.gather(*tasks)
+        cpu = tree_cpu_seconds(server_pid) - cpu0
+        await browser.close()
+    return results, cpu
+
+
+def percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if len(values) > 1 else values[0]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=16)
+    parser.add_argument("--model", help="CAPTIONER_MODEL for the server (default: the bundled model)")
+    parser.add_argument("--taskset", help="pin the server to these CPUs (taskset -c LIST)")
+    parser.add_argument("--memory", help="cap the server's memory in a cgroup, e.g. 700M or 2.7G (root)")
+    parser.add_argument("--cpus", type=float, help="cap the server's CPU in a cgroup, e.g. 1 or 2 (root)")
+    args = parser.parse_args()
+    if not CHROMIUM.exists():
+        sys.exit(f"needs Debian's Chromium at {CHROMIUM} (apt-get install -y chromium)")
+    prefix, groups = [], []
+    if args.memory or args.cpus:
+        prefix, groups = cgroup_prefix(args.memory, args.cpus)
+    if args.taskset:
+        prefix = ["taskset", "-c", args.taskset, *prefix]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    if args.model:
+        env["CAPTIONER_MODEL"] = args.model
+    with tempfile.TemporaryDirectory(prefix="captioner-load-") as tmp:
+        photos = photos_for(args.sessions + 1, Path(tmp))
+        port = free_port()
+        proc = start_server(env, port, Path(tmp) / "streamlit.log", prefix=prefix)
+        sampler = Sampler(proc.pid)
+        try:
+            wait_healthy(port, proc)
+            sampler.start()
+            results, cpu = asyncio.run(run_sessions(f"http://127.0.0.1:{port}", photos, proc.pid))
+        finally:
+            peak = max(sampler.stop() or [0]) if sampler.is_alive() else 0
+            stop_server(proc)
+            for group in groups:
+                group.rmdir()
+    caps = [r["captions"] for r in results if "captions" in r]
+    heats = [r["heatmap"] for r in results if "heatmap" in r]
+    errors = [r for r in results if r["error"]]
+    talk = sum(r["cross_talk"] for r in results if not r["error"])
+    where = " ".join(
+        f"{k} {v}" for k, v in (("taskset", args.taskset), ("memory", args.memory), ("cpus", args.cpus)) if v
+    )
+    print(f"{args.sessions} concurrent sessions{' (' + where + ')' if where else ''}")
+    for label, xs in (("to captions", caps), ("to heatmap", heats)):
+        if xs:
+            print(
+                f"  {label:12s} p50 {percentile(xs, 50):6.2f} s  p95 {percentile(xs, 95):6.2f} s  max {max(xs):6.2f} s"
+            )
+    print(f"  errors {len(errors)}, cross-talk {talk}")
+    for r in errors:
+        print(f"    {r['photo']}: {r['error']}")
+    print(
+        f"  server CPU {cpu:.1f} s = {cpu / max(1, args.sessions):.2f} CPU-s per photo; peak RSS {peak / 2**20:.0f} MB"
+    )
+    return 1 if errors or talk else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

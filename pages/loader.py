@@ -1,0 +1,125 @@
+"""The model, loaded once per server process on a background thread and shared by every session."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import streamlit as st
+
+from captioner.errors import CaptionerError
+from pages import coldstart
+from pages.places import MODEL_ENV
+
+if TYPE_CHECKING:  # importing this starts TensorFlow; the model loader does that on its own thread
+    from captioner.pipeline import Captioner
+
+LOG = logging.getLogger("captioner.app")
+
+MAX_BEAM = 10
+LOADING_MESSAGE = "Loading the captioning model (once per server start)…"
+_MODEL_LOCK = threading.RLock()  # this module is imported once per server process
+
+
+def read_secrets() -> dict[str, Any]:
+    """Streamlit secrets as a plain dict; empty when the app has none."""
+    try:
+        return st.secrets.to_dict()
+    except Exception:  # no secrets.toml, or one that does not parse: run with the environment alone
+        return {}
+
+
+class ModelLoader:
+    """Loads the model on a background thread, so pages render and uploads arrive while TensorFlow starts."""
+
+    def __init__(self, secrets: Mapping[str, Any]):
+        self._future: Future[Captioner] = Future()
+        threading.Thread(target=self._load, args=(dict(secrets),), name="captioner-load", daemon=True).start()
+
+    def _load(self, secrets: dict[str, Any]) -> None:
+        try:
+            with coldstart.loading():
+                with coldstart.importing():
+                    from captioner.pipeline import Captioner  # imports Keras and TensorFlow
+
+                cap = Captioner.load(None, secrets=secrets, fallback=True)  # $CAPTIONER_MODEL, secret, or bundled
+                with model_lock():  # compile the backbone and the search now, not on the first upload
+                    image = np.zeros((cap.config.image_size, cap.config.image_size, 3), np.uint8)
+                    # One decoding graph serves greedy and every beam size, so one call compiles it for all of them.
+                    cap.decode(cap.encode([image], ["warm-up"]), beam_size=default_beam(cap))
+        except BaseException as e:
+            if not isinstance(e, CaptionerError):
+                LOG.exception("the model failed to load")
+            self._future.set_exception(e)
+        else:
+            # matplotlib's first figure (~0.35 CPU-s) is left to the first heatmap: warming it up here competed
+            # with the first caption for the GIL (bench/app_memory.py: first captions ~0.4 s later).
+            self._future.set_result(cap)
+
+    def done(self) -> bool:
+        """Whether loading has finished (or failed)."""
+        return self._future.done()
+
+    def result(self) -> Captioner:
+        """Wait for the model; raises what loading raised."""
+        return self._future.result()
+
+
+@st.cache_resource(show_spinner=False)
+def _model_loader(env_source: str | None, secret_source: str | None) -> ModelLoader:
+    """One loader, hence one model, per process and model source; concurrent sessions share it."""
+    return ModelLoader(read_secrets())
+
+
+def model_lock() -> threading.RLock:
+    """One lock per process around model calls and large decodes, so concurrent sessions queue, not pile up."""
+    return _MODEL_LOCK
+
+
+def model_loader() -> ModelLoader:
+    """Start loading the model if no session has yet (returns at once)."""
+    # Keyed by what decides the source, so starting the load needs neither TensorFlow nor huggingface_hub here.
+    secret = read_secrets().get(MODEL_ENV)
+    return _model_loader(os.environ.get(MODEL_ENV), None if secret is None else str(secret))
+
+
+def captioner_ui() -> Captioner | None:
+    """Wait for the model behind a spinner; on failure show why (and allow a retry) and return None."""
+    loader = model_loader()
+    try:
+        if loader.done():
+            return loader.result()
+        with st.spinner(LOADING_MESSAGE):
+            return loader.result()
+    except Exception as e:  # the UI edge: a message, never a traceback
+        reason = str(e) if isinstance(e, CaptionerError) else f"Unexpected {type(e).__name__}: {e}"
+        st.error(f"The captioning model could not be loaded. {reason}", icon="🚫")
+        st.markdown(
+            f"Point the `{MODEL_ENV}` environment variable (or Streamlit secret) at a model directory or at "
+            "`hf://OWNER/REPO@COMMIT`, or restore the bundled model in `assets/model/`."
+        )
+        if st.button("Try again"):
+            _model_loader.clear()
+            st.rerun()
+        return None
+
+
+def loaded_captioner() -> Captioner | None:
+    """The model if it has finished loading successfully, without waiting."""
+    loader = model_loader()
+    if not loader.done():
+        return None
+    try:
+        return loader.result()
+    except Exception:
+        return None
+
+
+def default_beam(cap: Captioner) -> int:
+    """The beam size the model was evaluated with (metrics.json), else 3; within the slider's range."""
+    return min(cap.tuned.beam_size, MAX_BEAM)
