@@ -85,12 +85,7 @@ def caption_paths_ray(
     ray = import_ray()
     started = not ray.is_initialized()
     if started:
-        where = f"connect to the Ray cluster at {address}" if address else "start a local Ray"
-        try:
-            # Worker output (TensorFlow's start-up lines) stays in Ray's logs; actor errors still reach the driver.
-            ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
-        except Exception as e:  # Ray raises ConnectionError, RuntimeError or its own types, with long texts
-            raise CaptionerError(f"Could not {where}: {str(e).strip().splitlines()[-1]}") from e
+        _init(ray, address)
     try:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the command's own bar counts rows as they are written
@@ -120,3 +115,17 @@ def caption_paths_ray(
     finally:
         if started:
             ray.shutdown()
+
+
+def _init(ray, address: str | None) -> None:
+    """Start a local Ray (tried twice: on a busy CPU its agents can miss their 30 s start-up deadline) or connect."""
+    where = f"connect to the Ray cluster at {address}" if address else "start a local Ray"
+    for attempt in (1, 2):
+        try:
+            # Worker output (TensorFlow's start-up lines) stays in Ray's logs; actor errors still reach the driver.
+            ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+            return
+        except Exception as e:  # Ray raises ConnectionError, RuntimeError or its own types, with long texts
+            ray.shutdown()
+            if address or attempt == 2:
+                raise CaptionerError(f"Could not {where}: {str(e).strip().splitlines()[-1]}") from e
