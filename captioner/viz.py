@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import functools
 import io
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -18,6 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from captioner.errors import ImageError
 from captioner.features import load_image
+from captioner.files import write_atomic
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -226,21 +225,9 @@ def write_thumbnails(paths: Sequence[Path], out: Path, size: int) -> int:
         target = out / thumbnail_name(Path(path).name)
         buf = io.BytesIO()
         thumbnail(path, size).save(buf, "JPEG", quality=THUMB_QUALITY, optimize=True)
-        _write_atomic(target, buf.getvalue())
+        write_atomic(target, buf.getvalue())
         total += buf.tell()
     return total
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".incomplete", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _maps_per_word(caption: CaptionLike) -> np.ndarray:

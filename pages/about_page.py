@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING
 import pandas as pd
 import streamlit as st
 
+from captioner.metrics import METRIC_LABELS as METRICS
 from pages import loader, places, widgets
 
 if TYPE_CHECKING:
     from captioner.pipeline import Captioner
 
-METRICS = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4", "cider": "CIDEr"}
 HOW_IT_WORKS = """
 1. **Backbone.** The photo is squashed to a square (no crop) and run through an EfficientNet-Lite backbone,
    giving a grid of feature vectors: one per image region.
@@ -42,7 +42,7 @@ def provenance_ui(cap: Captioner) -> None:
     info = cap.info
     st.subheader("Weights", anchor=False)
     rows = {
-        "Source": info.source,
+        "Source": info.id,
         "Directory": str(info.path),
         "Hub commit": info.commit or "— (local directory)",
         "Weights SHA-256": info.weights_sha256,

@@ -13,15 +13,16 @@ import streamlit as st
 
 from captioner import viz
 from captioner.errors import CaptionerError
-from captioner.evaluate import read_report, tokenize
 from captioner.features import load_image
+from captioner.metrics import METRIC_LABELS as METRICS
+from captioner.metrics import tokenize
+from captioner.report import read_report
 from pages import loader, places, sidebar, widgets
 
 if TYPE_CHECKING:
     from captioner.decode import Caption
     from captioner.pipeline import Captioner
 
-METRICS = {"bleu1": "BLEU-1", "bleu2": "BLEU-2", "bleu3": "BLEU-3", "bleu4": "BLEU-4", "cider": "CIDEr"}
 # Xu et al. (2015), "Show, Attend and Tell", Table 1, Flickr8k (BLEU in percent; no CIDEr reported).
 PUBLISHED = {
     "Show, Attend and Tell — soft attention": {"bleu1": 67.0, "bleu2": 44.8, "bleu3": 29.9, "bleu4": 19.5},

@@ -30,7 +30,7 @@ def bundled():
 
 def test_bundled_model_is_small_and_verified():
     total = sum(p.stat().st_size for p in BUNDLED_MODEL_DIR.iterdir())
-    assert total <= 30e6, f"assets/model is {total / 1e6:.1f} MB"
+    assert total <= 60e6, f"assets/model is {total / 1e6:.1f} MB (budget 60 MB)"
     verify_manifest(BUNDLED_MODEL_DIR)
     card = (BUNDLED_MODEL_DIR / "README.md").read_text()
     assert card.startswith("---\n") and "library_name: keras" in card
