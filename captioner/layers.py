@@ -45,8 +45,7 @@ class BahdanauAttention(keras.layers.Layer):
             keys = self.project_keys(values)
         single_step = len(query.shape) == 2
         q = ops.expand_dims(query, 1) if single_step else query  # (B, T, Q)
-        hidden = ops.tanh(ops.expand_dims(self.query_dense(q), 2) + ops.expand_dims(keys, 1))  # (B, T, R, A)
-        weights = ops.softmax(ops.squeeze(self.score_dense(hidden), -1), axis=-1)  # (B, T, R)
+        weights = ops.softmax(self.scores(q, keys), axis=-1)  # (B, T, R)
         context = ops.matmul(weights, values)  # (B, T, D)
         if self.gate:
             context = context * self.gate_dense(q)  # β_t in [0, 1] scales the context (Show, Attend and Tell)
@@ -54,18 +53,18 @@ class BahdanauAttention(keras.layers.Layer):
             return ops.squeeze(context, 1), ops.squeeze(weights, 1)
         return context, weights
 
+    def scores(self, q, keys):
+        """(B, T, Q) queries, (B, R, A) keys -> (B, T, R) scores before the softmax."""
+        hidden = ops.tanh(ops.expand_dims(self.query_dense(q), 2) + ops.expand_dims(keys, 1))  # (B, T, R, A)
+        return ops.squeeze(self.score_dense(hidden), -1)
+
     def get_config(self):
         return {**super().get_config(), "units": self.units, "gate": self.gate}
 
 
 @keras.saving.register_keras_serializable(package="captioner")
-class DotProductAttention(keras.layers.Layer):
+class DotProductAttention(BahdanauAttention):
     """Scaled dot-product attention: score(q, k_r) = (W_q q)·(W_k k_r) / √A, gated by β like the additive layer."""
-
-    def __init__(self, units: int, gate: bool = True, **kwargs):
-        super().__init__(**kwargs)
-        self.units = units
-        self.gate = gate
 
     def build(self, query_shape, values_shape):
         self.query_dense = keras.layers.Dense(self.units, use_bias=False, name="query")
@@ -76,26 +75,8 @@ class DotProductAttention(keras.layers.Layer):
             self.gate_dense = keras.layers.Dense(1, activation="sigmoid", name="beta")
             self.gate_dense.build((None, query_shape[-1]))
 
-    def project_keys(self, values):
-        """(B, R, D) -> (B, R, A)."""
-        return self.key_dense(values)
-
-    def call(self, query, values, keys=None):
-        if keys is None:
-            keys = self.project_keys(values)
-        single_step = len(query.shape) == 2
-        q = ops.expand_dims(query, 1) if single_step else query  # (B, T, Q)
-        scores = ops.matmul(self.query_dense(q), ops.transpose(keys, (0, 2, 1))) / self.units**0.5  # (B, T, R)
-        weights = ops.softmax(scores, axis=-1)
-        context = ops.matmul(weights, values)
-        if self.gate:
-            context = context * self.gate_dense(q)
-        if single_step:
-            return ops.squeeze(context, 1), ops.squeeze(weights, 1)
-        return context, weights
-
-    def get_config(self):
-        return {**super().get_config(), "units": self.units, "gate": self.gate}
+    def scores(self, q, keys):
+        return ops.matmul(self.query_dense(q), ops.transpose(keys, (0, 2, 1))) / self.units**0.5
 
 
 @keras.saving.register_keras_serializable(package="captioner")
