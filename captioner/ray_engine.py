@@ -80,7 +80,7 @@ def caption_paths_ray(
     `address`: None starts a local Ray for this job (stopped after it); "auto" or ray://HOST:PORT joins a cluster.
     `workers` None: as many actors as the cluster's CPUs allow at `cpus_per_worker` each.
     """
-    from captioner.hub import MODEL_FILES
+    from captioner.files import published_files
 
     ray = import_ray()
     started = not ray.is_initialized()
@@ -92,7 +92,7 @@ def caption_paths_ray(
         context.print_on_execution_start = False
         logging.getLogger("ray.data").setLevel(logging.ERROR)
         model_dir = Path(model_dir)
-        files_ref = ray.put({n: (model_dir / n).read_bytes() for n in MODEL_FILES if (model_dir / n).is_file()})
+        files_ref = ray.put({n: (model_dir / n).read_bytes() for n in published_files(model_dir)})
         if workers is None:
             workers = max(1, int(ray.cluster_resources().get("CPU", 1) // cpus_per_worker))
         dataset = ray.data.from_items([{"image": p} for p in paths]).map_batches(

@@ -42,7 +42,7 @@ def provenance_ui(cap: Captioner) -> None:
     info = cap.info
     st.subheader("Weights", anchor=False)
     rows = {
-        "Source": info.id,
+        "Source": info.source,
         "Directory": str(info.path),
         "Hub commit": info.commit or "— (local directory)",
         "Weights SHA-256": info.weights_sha256,

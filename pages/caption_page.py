@@ -213,7 +213,7 @@ def captions_json(results: Sequence[Result], settings: sidebar.Settings, cap: Ca
             image["unfamiliar"] = r.photo.unfamiliar
         images.append(image)
     doc = {
-        "model": {"source": cap.info.id, "commit": cap.info.commit, "weights_sha256": cap.info.weights_sha256},
+        "model": {"source": cap.info.source, "commit": cap.info.commit, "weights_sha256": cap.info.weights_sha256},
         "decoding": {
             "beam_size": settings.beam_size,
             "length_penalty": settings.length_penalty,

@@ -84,7 +84,7 @@ def model_info_ui() -> None:
         st.error(f"No model: {e}")
         return
     info = cap.info
-    st.markdown(f"Weights from `{info.id}`")
+    st.markdown(f"Weights from `{info.source}`")
     if info.commit:
         st.caption(f"Hub commit `{info.commit[:12]}`")
     st.caption(f"SHA-256 `{info.weights_sha256[:12]}…`", help=info.weights_sha256)

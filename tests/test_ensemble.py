@@ -42,6 +42,7 @@ def feats():
 
 
 def test_an_ensemble_of_one_decodes_exactly_like_its_decoder(vocab, members, feats):
+    # Catches an ensemble path that renormalises, reorders states or averages differently even for K = 1.
     single = BeamSearch(members[0], vocab, CONFIG["grid"])
     ensemble = BeamSearch(EnsembleDecoder(members[:1]), vocab, CONFIG["grid"])
     for beam in (1, 3):
@@ -72,6 +73,7 @@ def _member_steps(members, f, token_ids, vocab):
 
 
 def test_every_hypothesis_rescored_member_by_member_matches_the_ensemble_search(vocab, members, feats):
+    # Catches averaging log-probs instead of probabilities, a member's states mixed with another's, or maps not averaged.
     search = BeamSearch(EnsembleDecoder(members), vocab, CONFIG["grid"])
     for f, caption in zip(feats[:2], search(feats[:2], beam_size=3, length_penalty=0.0, max_length=7), strict=True):
         assert len(caption.n_best) == 3
@@ -84,6 +86,7 @@ def test_every_hypothesis_rescored_member_by_member_matches_the_ensemble_search(
 
 
 def test_the_ensemble_greedy_caption_is_the_argmax_of_the_mean_distribution(vocab, members, feats):
+    # Catches an ensemble search that follows one member's choices (e.g. member 0's argmax) instead of the mean.
     search = BeamSearch(EnsembleDecoder(members), vocab, CONFIG["grid"])
     banned = [vocab.pad_id, vocab.start_id, vocab.unk_id]
     for f, caption in zip(feats[:2], search(feats[:2], beam_size=1, max_length=7), strict=True):
@@ -134,6 +137,7 @@ def _decoder_for(config: ModelConfig, seed: int):
 
 
 def test_an_ensemble_directory_loads_its_members_and_decodes_as_saved(ensemble_dir, photo_bytes):
+    # Catches members that are saved but not loaded, loaded into the wrong config, or silently left out of decoding.
     from captioner.pipeline import Captioner
 
     loaded = Captioner.from_directory(ensemble_dir)
@@ -161,6 +165,7 @@ def test_an_ensemble_directory_loads_its_members_and_decodes_as_saved(ensemble_d
     ],
 )
 def test_a_malformed_ensemble_file_is_refused_with_a_reason(ensemble_dir, tmp_path, edit, message):
+    # Catches a hostile ensemble.json reaching outside the directory, or a member of another vocabulary or grid loading.
     from captioner.pipeline import Captioner
 
     path = tmp_path / "model"
