@@ -73,7 +73,7 @@ def _member_steps(members, f, token_ids, vocab):
 
 
 def test_every_hypothesis_rescored_member_by_member_matches_the_ensemble_search(vocab, members, feats):
-    # Catches averaging log-probs instead of probabilities, a member's states mixed with another's, or maps not averaged.
+    # Catches averaging log-probs instead of probabilities, members' states mixed up, or attention maps not averaged.
     search = BeamSearch(EnsembleDecoder(members), vocab, CONFIG["grid"])
     for f, caption in zip(feats[:2], search(feats[:2], beam_size=3, length_penalty=0.0, max_length=7), strict=True):
         assert len(caption.n_best) == 3
