@@ -39,7 +39,7 @@ class PythonLoopSearch:
         """The n-best word lists, best first (features: one image, (1, H, W, C))."""
         vocab = self.vocab
         regions, keys, states = self.encode(tf.constant(features, tf.float32))
-        regions, keys = tf.repeat(regions, k, 0), tf.repeat(keys, k, 0)
+        regions, keys = tf.nest.map_structure(lambda x: tf.repeat(x, k, 0), (regions, keys))  # per member too
         states = [tf.repeat(s, k, 0) for s in states]
         scores = np.array([0.0] + [-np.inf] * (k - 1), np.float32)  # only beam 0 is alive at the start
         seqs, tokens, pool = [[] for _ in range(k)], np.full(k, vocab.start_id, np.int32), []
