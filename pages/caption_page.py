@@ -160,36 +160,14 @@ def captions_csv(results: Sequence[Result], settings: sidebar.Settings) -> bytes
     """The batch's captions as CSV: one row per file, failures included with their error."""
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(
-        [
-            "file",
-            "greedy_caption",
-            "greedy_log_prob",
-            "beam_caption",
-            "beam_log_prob",
-            "beam_score",
-            "beam_size",
-            "length_penalty",
-            "error",
-        ]
-    )
+    writer.writerow(["file", "greedy_caption", "greedy_log_prob", "beam_caption", "beam_log_prob", "beam_score",
+                     "beam_size", "length_penalty", "error"])  # fmt: skip
     for r in results:
         if r.greedy is None or r.beam is None:
             writer.writerow([r.name, "", "", "", "", "", "", "", r.error or ""])
             continue
-        writer.writerow(
-            [
-                r.name,
-                r.greedy.text,
-                f"{r.greedy.log_prob:.4f}",
-                r.beam.text,
-                f"{r.beam.log_prob:.4f}",
-                f"{r.beam.score:.4f}",
-                settings.beam_size,
-                settings.length_penalty,
-                "",
-            ]
-        )
+        writer.writerow([r.name, r.greedy.text, f"{r.greedy.log_prob:.4f}", r.beam.text, f"{r.beam.log_prob:.4f}",
+                         f"{r.beam.score:.4f}", settings.beam_size, settings.length_penalty, ""])  # fmt: skip
     return buf.getvalue().encode("utf-8")
 
 
