@@ -183,7 +183,9 @@ def test_an_interrupted_run_resumes_to_every_image_exactly_once(talkative, tmp_p
     out = tmp_path / "out.jsonl"
     cmd = [sys.executable, "-m", "captioner.cli", "caption", str(tmp_path / "lib"), "--out", str(out),
            "--model", str(talkative), "--batch", "2"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # A test run started in the background inherits SIGINT ignored, and Python then installs no Ctrl-C handler.
+    reset = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=reset)
     deadline = time.monotonic() + 600  # the model loads and traces first: slow on a loaded machine
     while not (out.exists() and out.read_bytes().count(b"\n") >= 4) and time.monotonic() < deadline:
         time.sleep(0.02)
