@@ -32,7 +32,7 @@ def main() -> None:
     data = load_flickr8k(need_shared() / "flickr8k")
     paths = [data.image_path(n) for n in data.images()[: args.images]]
     size = backbones.get(args.backbone).input_size
-    model = backbones.inference_model(backbones.build(args.backbone))  # what extract_features runs
+    model = backbones.build_inference(args.backbone)  # what extract_features runs: ImageNet weights, BatchNorm folded
 
     def naive() -> None:
         for p in paths:
