@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from captioner.errors import DataError, ImageError
-from captioner.files import write_atomic
+from captioner.files import atomic_path, write_atomic
 
 MAX_PIXELS = 80_000_000  # a 12 MP photo is fine; a 30000×30000 "bomb" is refused before decoding
 RESIZE = Image.Resampling.BILINEAR  # closest to how the 224×224 Flickr8k copy was squashed (measured)
@@ -262,8 +262,8 @@ def extract_features(
         data.flush()
         # Mark rows done only after their features are on disk, so a crash loses at most one batch.
         done[rows] = True
-        np.save(path / "done.tmp.npy", done)
-        os.replace(path / "done.tmp.npy", path / "done.npy")
+        with atomic_path(path / "done.npy", suffix=".npy") as tmp:
+            np.save(tmp, done)
         bar.update(len(rows))
     bar.close()
     del data

@@ -30,6 +30,10 @@ class Label:
     label: str
     p: float
 
+    def to_json(self) -> dict:
+        """The form the CLI, the photo-library rows and the app's export print: {"label", "p"}."""
+        return {"label": self.label, "p": round(self.p, 4)}
+
 
 class ImageNetHead:
     """The backbone's ImageNet classifier: pooled features (C,) → 1000 class probabilities."""

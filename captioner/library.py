@@ -138,7 +138,7 @@ def result_rows(model: Captioner, encoded: Encoded, decoding: Decoding) -> list[
     ]
     if model.imagenet is not None:  # what the backbone's own ImageNet head sees, from the same pass
         for row, top in zip(rows, model.imagenet.top(encoded.features), strict=True):
-            row["imagenet"] = [{"label": c.label, "p": round(c.p, 4)} for c in top]
+            row["imagenet"] = [c.to_json() for c in top]
     if model.familiarity is not None:
         for row, flag in zip(rows, model.familiarity.unfamiliar(encoded.features), strict=True):
             row["unfamiliar"] = bool(flag)

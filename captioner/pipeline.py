@@ -60,7 +60,7 @@ class Decoding:
     @classmethod
     def of_model_dir(cls, path: str | Path) -> Decoding:
         """The decoding a model directory was tuned with (its metrics.json), without loading the model."""
-        return cls.from_metrics(_read_json(Path(path) / "metrics.json"))
+        return cls.from_metrics(_read_json(Path(path) / METRICS_FILE))
 
     def overridden(self, **settings) -> Decoding:
         """These settings, with each given value that is not None in place of its own (command-line overrides)."""

@@ -187,7 +187,7 @@ def captions_json(results: Sequence[Result], settings: sidebar.Settings, cap: Ca
         beam = {**entry(r.beam), "n_best": [entry(h) for h in r.beam.n_best]}
         image = {"file": r.name, "greedy": entry(r.greedy), "beam": beam}
         if r.photo is not None:
-            image["imagenet"] = [{"label": c.label, "p": round(c.p, 4)} for c in r.photo.seen]
+            image["imagenet"] = [c.to_json() for c in r.photo.seen]
             image["unfamiliar"] = r.photo.unfamiliar
         images.append(image)
     doc = {
