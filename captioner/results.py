@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from captioner.errors import CaptionerError
-from captioner.files import atomic_path
 
 FORMATS = (".jsonl", ".csv", ".parquet")
 
@@ -221,7 +220,7 @@ class ParquetResults(Results):
         if path.exists() and not path.is_dir():
             raise ResultsError(f"{path} is a file; Parquet output is a folder of part files.")
         path.mkdir(parents=True, exist_ok=True)
-        for tmp in path.glob(".part-*.incomplete"):
+        for tmp in path.glob("*.tmp"):
             tmp.unlink()  # a part that was being written when the run stopped; its rows were never counted
         self._merge()
         self._remember(self._read().to_pylist() if self._parts() else [])
@@ -255,10 +254,12 @@ class ParquetResults(Results):
     def _put(self, table) -> None:
         parts = self._parts()
         number = int(parts[-1].stem.split("-")[1]) + 1 if parts else 0
-        with atomic_path(self.path / f"part-{number:05d}.parquet") as tmp:
-            self._pq.write_table(table, tmp)
-            with tmp.open("rb") as f:
-                os.fsync(f.fileno())
+        final = self.path / f"part-{number:05d}.parquet"
+        tmp = final.with_suffix(".tmp")
+        self._pq.write_table(table, tmp)
+        with tmp.open("rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
 
     def write(self, rows: Sequence[dict]) -> None:
         import pyarrow as pa
