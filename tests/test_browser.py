@@ -217,6 +217,8 @@ def test_a_camera_photo_is_captioned_in_chromium(server, page):
     page.goto(server)
     page.get_by_role("heading", name="Caption photos").wait_for()
     page.get_by_text("Take a photo with the camera", exact=True).click()
+    # The shutter only takes a frame once the fake camera streams; clicked earlier, it takes nothing.
+    page.wait_for_function("() => [...document.querySelectorAll('video')].some(v => v.readyState >= 2)", timeout=60_000)
     page.get_by_role("button", name="Take Photo").click()
     page.get_by_role("heading", name="camera-", exact=False).wait_for()
     page.get_by_text("Captioned 1 of 1 file(s)", exact=False).wait_for()
