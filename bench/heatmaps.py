@@ -13,7 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-from _common import median_ms
+from _common import timed
 
 from captioner import viz
 from captioner.features import load_image
@@ -51,8 +51,8 @@ def main() -> None:
         return viz.to_jpeg(viz.attention_sheet(image, caption, 0.5, title=title))
 
     png, jpeg = figure(), sheet()
-    old = median_ms(figure, args.repeats)
-    new = median_ms(sheet, args.repeats)
+    old = timed(figure, args.repeats).median
+    new = timed(sheet, args.repeats).median
     print(f"{args.words}-word caption over a {image.shape[1]}×{image.shape[0]} photo, median of {args.repeats}:")
     print(f"  matplotlib figure (PNG)   {old:8.1f} ms  {len(png) / 1024:7.1f} KB")
     print(f"  numpy/Pillow sheet (JPEG) {new:8.1f} ms  {len(jpeg) / 1024:7.1f} KB")

@@ -20,7 +20,7 @@ import tensorflow as tf
 from _common import SHARED, timed
 from PIL import Image
 
-from captioner import Captioner
+from captioner import Captioner, backbones, imagenet
 from captioner.decode import BeamSearch, emittable_words
 
 
@@ -128,6 +128,18 @@ def main() -> None:
             f"compiled step {slow} -> {slow.median / fast.median:4.1f}x"
         )
 
+    if model.config.tuned_stages:  # the ImageNet view runs the original weights of the fine-tuned stages too
+        stages = imagenet.load_stages(model.info.path)
+        if stages is not None:
+            original = backbones.top(model.config.backbone, model.config.tuned_stages, stages, folded=True)
+            pixels = model.prepare(photo)[None]
+            cut, _ = model.model.backbone(pixels, training=False)
+            whole = timed(lambda: model.model.backbone(pixels, training=False), args.repeats)
+            view = timed(lambda: original(cut, training=False), args.repeats)
+            print(f"ImageNet view through the original {model.config.tuned_stages} stage(s), per photo: {view}; "
+                  f"the backbone pass {whole} -> +{view.median / whole.median:.0%}")  # fmt: skip
+    if len(model.decoders) == 1:
+        print("ensemble: the model ships one decoder (K=1), so decoding costs what it costs above")
     if len(model.decoders) > 1:  # what the ensemble costs: the same search over its first member alone
         single = BeamSearch(model.decoders[0], model.vocab, model.config.grid)
         print(f"ensemble of {len(model.decoders)} decoders vs its first decoder alone, decode only, per photo:")

@@ -51,8 +51,9 @@ def _features(args: argparse.Namespace) -> int:
     print(data.summary(), file=sys.stderr)
     names = data.images("train") if args.flip else data.images()  # only training photos are ever shown mirrored
     paths = [data.image_path(n) for n in names]
-    cache = extract_features(paths, args.cache, args.backbone, args.batch, flip=args.flip)
-    print(f"{len(cache.images)} feature grids {tuple(cache.features.shape[1:])} float16 in {cache.path}")
+    cache = extract_features(paths, args.cache, args.backbone, args.batch, flip=args.flip, stages=args.tune_stages)
+    what = f"activations entering the last {args.tune_stages} stages" if args.tune_stages else "feature grids"
+    print(f"{len(cache.images)} {what} {tuple(cache.features.shape[1:])} float16 in {cache.path}")
     return 0
 
 
@@ -65,8 +66,8 @@ def _train(args: argparse.Namespace) -> int:
 
     data = load_flickr8k(args.data)
     size = backbones.get(args.backbone).input_size
-    cache = open_cache(args.cache, args.backbone, size)
-    mirrored = open_cache(args.cache, args.backbone, size, flip=True) if args.flip else None
+    cache = open_cache(args.cache, args.backbone, size, stages=args.tune_stages)
+    mirrored = open_cache(args.cache, args.backbone, size, flip=True, stages=args.tune_stages) if args.flip else None
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
     log_file = (run / "train.log").open("a")
@@ -81,7 +82,8 @@ def _train(args: argparse.Namespace) -> int:
         attention_penalty=args.attention_penalty, patience=args.patience, min_count=args.min_count,
         seed=args.seed, glove=args.glove, time_budget_minutes=args.time_budget, scst_epochs=args.scst_epochs,
         scst_learning_rate=args.scst_lr, scst_ema_decay=args.scst_ema, scst_bleu_weight=args.scst_bleu,
-        scst_select_beam=args.scst_select_beam, flip_probability=args.flip,
+        scst_select_beam=args.scst_select_beam, flip_probability=args.flip, tune_stages=args.tune_stages,
+        backbone_lr_scale=args.backbone_lr_scale, init_from=args.init_from or "",
     )  # fmt: skip
     overrides = {"units": args.units, "feature_dim": args.units, "attention_units": args.attention_units,
                  "dropout": args.dropout, "attention_gate": not args.no_gate,
@@ -261,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", default=default_cache, help=f"feature cache root (default {default_cache})")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--flip", action="store_true", help="cache the training photos mirrored (for train --flip)")
+    p.add_argument("--tune-stages", type=int, default=0, metavar="N", help="cache what enters the last N stages")
     p.set_defaults(handler=_features)
 
     p = sub.add_parser("train", help="train the decoder on cached features (train split; early stop on dev)")
@@ -311,6 +314,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--scst-select-beam", type=int, default=TRAIN.scst_select_beam, help="dev beam size that picks SCST epochs"
+    )
+    p.add_argument(
+        "--tune-stages",
+        type=int,
+        default=TRAIN.tune_stages,
+        metavar="N",
+        help="fine-tune the backbone's last N stages with the decoder (needs `features --tune-stages N`)",
+    )
+    p.add_argument(
+        "--backbone-lr-scale",
+        type=float,
+        default=TRAIN.backbone_lr_scale,
+        help="the fine-tuned stages' learning rate as a fraction of the decoder's",
+    )
+    p.add_argument(
+        "--init-from",
+        metavar="MODEL_DIR",
+        default=TRAIN.init_from or None,
+        help="start from this model directory's vocabulary, config and decoder (e.g. assets/model)",
     )
     p.set_defaults(handler=_train)
 

@@ -33,6 +33,9 @@ class ModelConfig:
     attention_gate: bool = True
     image_input: bool = True  # the attention LSTM also reads the mean region at every step (Up-Down)
     attention: str = "additive"  # or "dot" (scaled dot-product) or "multihead" (4 heads): captioner.layers.ATTENTION
+    # The backbone's last stages fine-tuned with the decoder (0 = the ImageNet backbone as is); the weights carry
+    # them, and the ImageNet view runs the original stages (imagenet_stages.npz) on the activation entering them.
+    tuned_stages: int = 0
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -82,3 +85,8 @@ class TrainConfig:
     # Self-critical epochs are kept or not on dev BLEU-4 from this beam size (α 0.7, repeats blocked), as the
     # model will be decoded; greedy scores miss that they shorten captions, which costs beam search more.
     scst_select_beam: int = 5
+    # Fine-tuning: train the backbone's last `tune_stages` stages with the decoder, from a cache of the activation
+    # entering them, at this fraction of the decoder's learning rate; the self-critical phase keeps them fixed.
+    tune_stages: int = 0
+    backbone_lr_scale: float = 0.1
+    init_from: str = ""  # a model directory whose vocabulary, config and decoder weights the run starts from

@@ -6,13 +6,14 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from captioner import hub
+from captioner import hub, imagenet
 from captioner.data import Flickr8k
 from captioner.errors import ModelError
 from captioner.files import (
     CARD_FILE,
     CONFIG_FILE,
     ENSEMBLE_FILE,
+    IMAGENET_STAGES_FILE,
     MEMBER_WEIGHTS,
     METRICS_FILE,
     VOCAB_FILE,
@@ -21,7 +22,7 @@ from captioner.files import (
 )
 from captioner.model import CaptionDecoder, ModelConfig, build_decoder, load_decoder
 from captioner.text import Vocabulary
-from captioner.train import BEST_WEIGHTS
+from captioner.train import BEST_TOP_WEIGHTS, BEST_WEIGHTS
 
 
 def export_run(run_dir: Path, out: Path, data: Flickr8k | None = None, log=print, members: Sequence[Path] = ()) -> Path:
@@ -36,15 +37,25 @@ def export_run(run_dir: Path, out: Path, data: Flickr8k | None = None, log=print
     from captioner.model import ImageCaptioner, save_ensemble, save_model_dir
 
     config, vocab, decoder = _best_decoder(run_dir)
-    model = ImageCaptioner(backbones.build(config.backbone, include_top=False), decoder)
-    save_model_dir(out, model, config, vocab.to_json())
-    for stale in [out / ENSEMBLE_FILE, *(f for f in out.iterdir() if MEMBER_WEIGHTS.fullmatch(f.name))]:
-        stale.unlink(missing_ok=True)  # an earlier export's members
+    backbone = backbones.build(config.backbone, include_top=False)
+    original = _carry_tuned_stages(backbone, run_dir, config) if config.tuned_stages else None
+    save_model_dir(out, ImageCaptioner(backbone, decoder), config, vocab.to_json())
+    stale = [
+        out / ENSEMBLE_FILE,
+        out / IMAGENET_STAGES_FILE,
+        *(f for f in out.iterdir() if MEMBER_WEIGHTS.fullmatch(f.name)),
+    ]
+    for file in stale:
+        file.unlink(missing_ok=True)  # an earlier export's
+    if original is not None:
+        imagenet.save_stages(out, original)
     extra = []
     for member_dir in members:
         member_config, member_vocab, member = _best_decoder(member_dir)
         if member_vocab.words != vocab.words:
             raise ModelError(f"{member_dir} has another vocabulary than {run_dir}; ensemble members must share one.")
+        if member_config.tuned_stages or config.tuned_stages:
+            raise ModelError("Ensemble members share one backbone pass, so none may carry fine-tuned stages.")
         extra.append((member, member_config))
     if extra:
         save_ensemble(out, extra)
@@ -73,6 +84,24 @@ def write_card(model_dir: Path) -> Path:
     write_atomic(model_dir / CARD_FILE, hub.model_card(model_dir))
     hub.write_manifest(model_dir)
     return model_dir
+
+
+def _carry_tuned_stages(backbone, run_dir: Path, config: ModelConfig) -> dict:
+    """Set a run's fine-tuned top stages into the ImageNet backbone; returns the original stages' weights by layer."""
+    from captioner import backbones
+
+    if not (run_dir / BEST_TOP_WEIGHTS).is_file():
+        raise ModelError(
+            f"{run_dir} fine-tuned {config.tuned_stages} backbone stage(s) but holds no {BEST_TOP_WEIGHTS}: "
+            "export it from its training run directory."
+        )
+    original = backbones.layer_weights(backbone)
+    top = backbones.top(config.backbone, config.tuned_stages, original)
+    top.load_weights(run_dir / BEST_TOP_WEIGHTS)
+    tuned = backbones.layer_weights(top)
+    for name, arrays in tuned.items():
+        backbone.get_layer(name).set_weights(arrays)
+    return {name: original[name] for name in tuned}
 
 
 def _best_decoder(run_dir: Path) -> tuple[ModelConfig, Vocabulary, CaptionDecoder]:

@@ -160,25 +160,32 @@ class FeatureCache:
         return np.array([index[n] for n in names])
 
 
-def cache_key(backbone: str, input_size: int, flip: bool = False) -> str:
-    """Hash of everything that determines the cached features (`flip`: of the mirrored images)."""
+def cache_key(backbone: str, input_size: int, flip: bool = False, stages: int = 0) -> str:
+    """Hash of everything that determines the cached features (`flip`: of the mirrored images; `stages`: see below)."""
     settings = {"backbone": backbone, "size": input_size, "resize": "bilinear", "v": FEATURE_VERSION}
-    blob = json.dumps({**settings, "flip": True} if flip else settings)  # unflipped caches keep their key
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    # Unflipped, uncut caches keep their original key.
+    settings |= ({"flip": True} if flip else {}) | ({"cut": stages} if stages else {})
+    return hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
 
 
-def cache_dir_for(root: str | Path, backbone: str, input_size: int, flip: bool = False) -> Path:
-    return Path(root) / f"{backbone}_{input_size}{'_flip' if flip else ''}"
+def cache_dir_for(root: str | Path, backbone: str, input_size: int, flip: bool = False, stages: int = 0) -> Path:
+    """Where a cache lives: one folder per backbone, input size, mirroring and cut."""
+    return Path(root) / f"{backbone}_{input_size}{'_flip' if flip else ''}{f'_cut{stages}' if stages else ''}"
 
 
-def open_cache(root: str | Path, backbone: str, input_size: int, flip: bool = False) -> FeatureCache:
-    """Open a complete cache (`flip`: of mirrored images); raises DataError if missing, partial or built otherwise."""
-    path = cache_dir_for(root, backbone, input_size, flip)
+def open_cache(root: str | Path, backbone: str, input_size: int, flip: bool = False, stages: int = 0) -> FeatureCache:
+    """Open a complete cache; raises DataError if missing, partial or built otherwise.
+
+    `flip`: of the mirrored images. `stages` > 0: of the activation entering the backbone's last `stages` stages
+    (what fine-tuning those stages trains from) instead of the feature grid.
+    """
+    path = cache_dir_for(root, backbone, input_size, flip, stages)
     manifest = _read_manifest(path)
     if manifest is None or not manifest.get("complete"):
         command = f"captioner features --backbone {backbone}{' --flip' if flip else ''}"
+        command += f" --tune-stages {stages}" if stages else ""
         raise DataError(f"No complete feature cache at {path}. Run `{command}` first.")
-    if manifest["key"] != cache_key(backbone, input_size, flip):
+    if manifest["key"] != cache_key(backbone, input_size, flip, stages):
         raise DataError(f"Feature cache {path} was built with other settings; rerun `captioner features`.")
     shape = tuple(manifest["shape"])
     features = np.memmap(path / "features.f16", dtype=np.float16, mode="r", shape=shape)
@@ -218,23 +225,28 @@ def extract_features(
     batch_size: int = 32,
     progress: bool = True,
     flip: bool = False,
+    stages: int = 0,
 ) -> FeatureCache:
-    """Write the feature grid of every image (`flip`: of its mirror image) into the cache under `root`; resumes."""
+    """Write the feature grid of every image into the cache under `root`; resumes.
+
+    `flip`: of its mirror image; `stages` > 0: the activation entering the backbone's last `stages` stages instead.
+    """
     from tqdm.auto import tqdm
 
     from captioner import backbones
 
     spec = backbones.get(backbone)
     size = spec.input_size
-    path = cache_dir_for(root, backbone, size, flip)
+    path = cache_dir_for(root, backbone, size, flip, stages)
     path.mkdir(parents=True, exist_ok=True)
     names = [p.name for p in image_paths]
-    key = cache_key(backbone, size, flip)
+    key = cache_key(backbone, size, flip, stages)
     manifest = _read_manifest(path)
     if manifest and manifest.get("complete") and manifest["key"] == key and manifest["images"] == names:
-        return open_cache(root, backbone, size, flip)
+        return open_cache(root, backbone, size, flip, stages)
 
-    model = backbones.build_inference(backbone)  # ImageNet weights, BatchNorm folded
+    # ImageNet weights, BatchNorm folded: the whole backbone, or what lies below its last `stages` stages.
+    model = backbones.split(backbone, stages)[0] if stages else backbones.build_inference(backbone)
     grid_shape = tuple(int(d) for d in model.output_shape[1:])
     shape = (len(names), *grid_shape)
     fresh = not (manifest and manifest["key"] == key and manifest["images"] == names)
@@ -243,6 +255,7 @@ def extract_features(
             "key": key,
             "backbone": backbone,
             "input_size": size,
+            "stages": stages,
             "shape": list(shape),
             "images": names,
             "complete": False,
@@ -269,4 +282,4 @@ def extract_features(
     del data
     manifest["complete"] = True
     write_atomic(path / "manifest.json", json.dumps(manifest))
-    return open_cache(root, backbone, size, flip)
+    return open_cache(root, backbone, size, flip, stages)

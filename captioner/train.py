@@ -13,20 +13,21 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from captioner import glove
+from captioner import backbones, glove
 from captioner.augment import flipped_ids
 from captioner.config import ModelConfig, TrainConfig
 from captioner.data import Flickr8k
 from captioner.decode import BeamSearch, emittable_words
 from captioner.errors import DataError
 from captioner.features import FeatureCache
-from captioner.files import CONFIG_FILE, VOCAB_FILE
+from captioner.files import CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE
 from captioner.metrics import CiderD, corpus_bleu, sentence_bleu, tokenize
-from captioner.model import build_decoder
+from captioner.model import build_decoder, load_decoder
 from captioner.text import Vocabulary, clean_tokens, length_for_coverage, length_report
 
 CAPTIONS_PER_IMAGE = 5
 BEST_WEIGHTS = "best.weights.h5"  # the run directory's best decoder weights so far
+BEST_TOP_WEIGHTS = "best_top.weights.h5"  # with fine-tuning: the backbone's top stages of the same epoch
 
 
 def caption_tokens(data: Flickr8k, names: list[str], vocab: Vocabulary, max_length: int, seed: int) -> np.ndarray:
@@ -66,21 +67,42 @@ class CaptionReward:
 
 
 class Trainer:
-    """Owns the decoder, optimizer, data and checkpoints of one training run."""
+    """Owns the decoder (and the fine-tuned backbone stages, if any), optimizers, data and checkpoints of one run.
+
+    Without `top`, the cached features are the decoder's feature grids. With `top` (the backbone's last stages, from
+    `backbones.split`), they are the activation entering those stages, and the cross-entropy phase trains the top with
+    the decoder at `backbone_lr_scale` × the learning rate; the self-critical phase keeps it fixed.
+    """
 
     def __init__(
-        self, run_dir: Path, model_config: ModelConfig, train_config: TrainConfig, vocab: Vocabulary, n_train: int
+        self,
+        run_dir: Path,
+        model_config: ModelConfig,
+        train_config: TrainConfig,
+        vocab: Vocabulary,
+        n_train: int,
+        top: keras.Model | None = None,
     ):
         self.run_dir, self.model_config, self.config, self.vocab = run_dir, model_config, train_config, vocab
         keras.utils.set_random_seed(train_config.seed)
         self.decoder = build_decoder(model_config)
+        self.top = top
+        self.tuned = self.decoder.trainable_variables + (top.trainable_variables if top is not None else [])
         total = train_config.epochs * -(-n_train // train_config.batch_images)
-        schedule = keras.optimizers.schedules.CosineDecay(
-            0.0, total, alpha=0.05, warmup_target=train_config.learning_rate,
-            warmup_steps=min(train_config.warmup_steps, total // 10),
-        )  # fmt: skip
-        self.optimizer = keras.optimizers.Adam(schedule, global_clipnorm=train_config.clip_norm)
+
+        def adam(rate: float) -> keras.optimizers.Adam:
+            schedule = keras.optimizers.schedules.CosineDecay(
+                0.0, total, alpha=0.05, warmup_target=rate, warmup_steps=min(train_config.warmup_steps, total // 10)
+            )
+            return keras.optimizers.Adam(schedule, global_clipnorm=train_config.clip_norm)
+
+        self.optimizer = adam(train_config.learning_rate)
         self.optimizer.build(self.decoder.trainable_variables)
+        parts = {}
+        if top is not None:
+            self.top_optimizer = adam(train_config.learning_rate * train_config.backbone_lr_scale)
+            self.top_optimizer.build(top.trainable_variables)
+            parts = {"top": top, "top_optimizer": self.top_optimizer}
         self.scst_optimizer = keras.optimizers.Adam(
             train_config.scst_learning_rate, global_clipnorm=train_config.clip_norm
         )
@@ -96,18 +118,20 @@ class Trainer:
         self.scst_start = tf.Variable(-1, dtype=tf.int64)  # epoch the self-critical phase began, -1 before
         self.elapsed = tf.Variable(0.0, dtype=tf.float64)  # seconds of training so far, across resumes
         averaging = train_config.ema_decay or train_config.scst_ema_decay
-        weights = self.decoder.trainable_variables if averaging else []
-        self.ema = [tf.Variable(v, trainable=False) for v in weights]  # the moving average, when it is on
+        self.ema = [tf.Variable(v, trainable=False) for v in (self.tuned if averaging else [])]  # when it is on
         self.checkpoint = tf.train.Checkpoint(
             decoder=self.decoder, optimizer=self.optimizer, scst_optimizer=self.scst_optimizer, epoch=self.epoch,
             best=self.best, bad=self.bad_epochs, scst_start=self.scst_start, elapsed=self.elapsed, ema=self.ema,
+            **parts,
         )  # fmt: skip
         self.manager = tf.train.CheckpointManager(self.checkpoint, run_dir / "checkpoints", max_to_keep=1)
-        feats = tf.TensorSpec([None, *model_config.grid, model_config.feature_channels], tf.float16)
+        grids = tf.TensorSpec([None, *model_config.grid, model_config.feature_channels], tf.float16)
+        feats = grids if top is None else tf.TensorSpec([None, *top.input_shape[1:]], tf.float16)  # what is cached
         tokens = tf.TensorSpec([None, None, None], tf.int32)
         self.train_step = tf.function(self._train_step, input_signature=[feats, tokens])
-        self.scst_step = tf.function(self._scst_step, input_signature=[feats, tokens, tf.TensorSpec([None, None])])
-        self.sample = tf.function(self._sample, input_signature=[feats])
+        self.scst_step = tf.function(self._scst_step, input_signature=[grids, tokens, tf.TensorSpec([None, None])])
+        self.sample = tf.function(self._sample, input_signature=[grids])
+        self._top_grids = tf.function(lambda f: tf.cast(self._grid_of(f), tf.float16), input_signature=[feats])
         self.search = BeamSearch(self.decoder, vocab, model_config.grid)  # one trace for every dev decoding
 
     def loss(self, features, tokens, training: bool):
@@ -124,11 +148,26 @@ class Trainer:
         penalty = tf.reduce_mean(tf.reduce_sum(tf.square(1.0 - coverage), -1))
         return ce + self.config.attention_penalty * penalty / tf.cast(tf.shape(alpha)[-1], tf.float32), ce
 
+    def _grid_of(self, features):
+        """The decoder's feature grids of cached features: the top's output (inference mode), or the features."""
+        return features if self.top is None else self.top(tf.cast(features, tf.float32), training=False)
+
+    def grids(self, features: np.ndarray, batch: int = 64) -> np.ndarray:
+        """Float16 feature grids of cached features, in batches (the features themselves without fine-tuning)."""
+        if self.top is None:
+            return features
+        return np.concatenate(
+            [self._top_grids(features[i : i + batch]).numpy() for i in range(0, len(features), batch)]
+        )
+
     def _train_step(self, features, tokens):
         with tf.GradientTape() as tape:
-            loss, ce = self.loss(features, tokens, training=True)
-        grads = tape.gradient(loss, self.decoder.trainable_variables)
-        self.optimizer.apply(grads, self.decoder.trainable_variables)
+            loss, ce = self.loss(self._grid_of(features), tokens, training=True)
+        grads = tape.gradient(loss, self.tuned)
+        n = len(self.decoder.trainable_variables)
+        self.optimizer.apply(grads[:n], self.decoder.trainable_variables)
+        if self.top is not None:
+            self.top_optimizer.apply(grads[n:], self.top.trainable_variables)
         if self.config.ema_decay:
             # The usual warm-up (1 + n) / (10 + n) keeps the average from clinging to the random init.
             n = tf.cast(self.optimizer.iterations, tf.float32)
@@ -136,22 +175,22 @@ class Trainer:
         return ce
 
     def _update_average(self, decay) -> None:
-        for avg, var in zip(self.ema, self.decoder.trainable_variables, strict=True):
+        for avg, var in zip(self.ema, self.tuned, strict=True):
             avg.assign(decay * avg + (1.0 - decay) * var)
 
     @contextlib.contextmanager
     def averaged_weights(self):
-        """Inside the block the decoder holds the moving-average weights (when the current phase keeps one)."""
+        """Inside the block the decoder (and top) hold the moving-average weights (when the current phase keeps one)."""
         if not (self.config.scst_ema_decay if int(self.scst_start) >= 0 else self.config.ema_decay):
             yield
             return
-        current = [v.numpy() for v in self.decoder.trainable_variables]
-        for var, avg in zip(self.decoder.trainable_variables, self.ema, strict=True):
+        current = [v.numpy() for v in self.tuned]
+        for var, avg in zip(self.tuned, self.ema, strict=True):
             var.assign(avg)
         try:
             yield
         finally:
-            for var, value in zip(self.decoder.trainable_variables, current, strict=True):
+            for var, value in zip(self.tuned, current, strict=True):
                 var.assign(value)
 
     def _emittable(self, last_step=False):
@@ -197,7 +236,7 @@ class Trainer:
         n = self.config.scst_samples
         for idx in bar(np.array_split(rng.permutation(len(train_feats)), len(train_feats) // self.config.batch_images)):
             idx = np.sort(idx)
-            feats = train_feats[idx]
+            feats = self.grids(train_feats[idx])
             samples = self.sample(feats).numpy()  # (B, n, L)
             rewards = np.array([[reward(i, self.vocab.decode(s)) for s in samples[b]] for b, i in enumerate(idx)])
             advantage = rewards - (rewards.sum(1, keepdims=True) - rewards) / (n - 1)
@@ -211,7 +250,7 @@ class Trainer:
         """Decode the dev images (greedy; beam search in the self-critical phase) and return corpus BLEU-4 (percent)."""
         beam = self.config.scst_select_beam if int(self.scst_start) >= 0 else 1
         captions = self.search(
-            features, beam_size=beam, max_length=self.model_config.max_length, block_repeats=beam > 1
+            self.grids(features), beam_size=beam, max_length=self.model_config.max_length, block_repeats=beam > 1
         )
         return corpus_bleu([c.tokens for c in captions], references)["bleu4"]
 
@@ -268,7 +307,9 @@ class Trainer:
     def _begin_self_critical(self, dev_feats, dev_refs, log) -> None:
         """Start the self-critical phase from the best cross-entropy weights, its bar rescored as it decodes dev."""
         self.decoder.load_weights(self.run_dir / BEST_WEIGHTS)  # fine-tune the best cross-entropy model
-        for avg, var in zip(self.ema, self.decoder.trainable_variables, strict=True):
+        if self.top is not None:
+            self.top.load_weights(self.run_dir / BEST_TOP_WEIGHTS)
+        for avg, var in zip(self.ema, self.tuned, strict=True):
             avg.assign(var)  # the self-critical average (if any) starts from there
         self.scst_start.assign(self.epoch)
         self.bad_epochs.assign(0)
@@ -308,6 +349,8 @@ class Trainer:
             improved = bleu4 > float(self.best)
             if improved:
                 self.decoder.save_weights(self.run_dir / BEST_WEIGHTS)
+                if self.top is not None:
+                    self.top.save_weights(self.run_dir / BEST_TOP_WEIGHTS)
         self.epoch.assign_add(1)
         if improved:
             self.best.assign(bleu4)
@@ -371,31 +414,51 @@ def prepare_run(
 ) -> PreparedRun:
     """Vocabulary, embeddings, config and arrays for a run; reuses the run's saved vocabulary when resuming.
 
-    `mirrored_cache` (the features of the mirrored images) is needed when `train_config.flip_probability` > 0.
+    `mirrored_cache` (the features of the mirrored images) is needed when `train_config.flip_probability` > 0. With
+    `train_config.tune_stages`, both caches hold the activation entering those stages (`features --tune-stages`).
+    With `train_config.init_from`, a new run takes that model directory's vocabulary, config and decoder weights.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     train_names, dev_names = data.images("train"), data.images("dev")
-    if (run_dir / VOCAB_FILE).is_file():
+    stages, backbone = train_config.tune_stages, cache.manifest["backbone"]
+    for c in (cache, mirrored_cache):
+        if c is not None and c.manifest.get("stages", 0) != stages:
+            raise DataError(f"Feature cache {c.path} was not cut for {stages} fine-tuned stages; "
+                            f"run `captioner features --tune-stages {stages}`.")  # fmt: skip
+    top = backbones.top(backbone, stages, backbones.layer_weights(backbones.build(backbone))) if stages else None
+    init = Path(train_config.init_from) if train_config.init_from else None
+    resumed = (run_dir / VOCAB_FILE).is_file()
+    if resumed:
         vocab = Vocabulary.load(run_dir / VOCAB_FILE)
         model_config = ModelConfig.load(run_dir / CONFIG_FILE)
+    elif init is not None:
+        vocab = Vocabulary.load(init / VOCAB_FILE)
+        start = ModelConfig.load(init / CONFIG_FILE)
+        model_config = dataclasses.replace(start, tuned_stages=stages)  # the top starts from ImageNet's weights
+        if start.backbone != backbone or start.tuned_stages:
+            raise DataError(f"{init} must be a model of the untuned {backbone} backbone to start this run from.")
     else:
         train_caps = [c for n in train_names for c in data.captions[n]]
         vocab = Vocabulary.build(train_caps, train_config.min_count)
         lengths = [len(clean_tokens(c)) for c in train_caps]
         log(length_report(lengths))
         max_length = length_for_coverage(lengths, train_config.coverage)
-        grid = tuple(int(d) for d in cache.features.shape[1:3])
+        grids = cache.features.shape if top is None else top.output_shape  # (N, H, W, C)
         model_config = ModelConfig(
-            backbone=cache.manifest["backbone"], image_size=cache.manifest["input_size"], grid=grid,
-            feature_channels=int(cache.features.shape[3]), vocab_size=len(vocab), max_length=max_length,
+            backbone=backbone, image_size=cache.manifest["input_size"], grid=(int(grids[1]), int(grids[2])),
+            feature_channels=int(grids[3]), vocab_size=len(vocab), max_length=max_length, tuned_stages=stages,
             **model_overrides,
         )  # fmt: skip
+    if not resumed:
         vocab.save(run_dir / VOCAB_FILE)
         (run_dir / CONFIG_FILE).write_text(model_config.to_json())
         (run_dir / "train.json").write_text(json.dumps(dataclasses.asdict(train_config), indent=2))
     log(f"vocabulary {len(vocab)} words (min count {train_config.min_count}); max length {model_config.max_length}")
-    trainer = Trainer(run_dir, model_config, train_config, vocab, len(train_names))
-    if train_config.glove != "none" and not trainer.manager.latest_checkpoint:  # a resumed run restores its own
+    trainer = Trainer(run_dir, model_config, train_config, vocab, len(train_names), top)
+    if init is not None and not trainer.manager.latest_checkpoint:  # a resumed run restores its own weights
+        trainer.decoder.set_weights(load_decoder(model_config, init / WEIGHTS_FILE).get_weights())
+        log(f"decoder and vocabulary from {init}")
+    elif train_config.glove != "none" and not trainer.manager.latest_checkpoint:
         vectors = glove.load_glove(train_config.glove, set(vocab.words))
         emb = glove.embedding_matrix(vocab, vectors, seed=train_config.seed)
         if emb.matrix.shape[1] != model_config.embed_dim:

@@ -99,8 +99,8 @@ def read_photo(cap: Captioner, name: str, data: bytes, max_bytes: int | None = N
         image = viz.fit(features.load_image(data, name, longest=DISPLAY_SIDE), DISPLAY_SIDE)
         encoded = cap.encode([pixels], [name])
     # Both read the features just computed: no second backbone pass.
-    seen = cap.imagenet.top(encoded.features)[0] if cap.imagenet is not None else []
-    unfamiliar = cap.familiarity is not None and cap.familiarity.unfamiliar(encoded.features)[0]
+    seen = cap.imagenet.top(encoded.seen)[0] if cap.imagenet is not None else []
+    unfamiliar = cap.familiarity is not None and cap.familiarity.unfamiliar(encoded.seen)[0]
     return Photo(name, digest(data), image, encoded, size, notes, seen, unfamiliar)
 
 

@@ -323,3 +323,47 @@ def test_unreadable_cache_file_is_converted_again(empty_cache: Path) -> None:
 def test_state_dict_mapping_rejects_foreign_keys() -> None:
     with pytest.raises(BackboneError, match="_se_reduce"):
         backbones.lite_state_to_keras({"_blocks.1._se_reduce.weight": np.zeros((4, 96, 1, 1), np.float32)})
+
+
+def _random_lite0_weights() -> dict[str, list[np.ndarray]]:
+    """Lite0's layers with random arrays, BatchNorm statistics included (so folding them is not the identity)."""
+    rng = np.random.default_rng(0)
+    weights = backbones.layer_weights(backbones.build("efficientnet_lite0", weights=None))
+    for name, arrays in weights.items():
+        if name.endswith("_bn"):
+            weights[name] = [rng.uniform(0.5, 1.5, a.shape).astype("float32") for a in arrays]
+    return weights
+
+
+@pytest.mark.parametrize("stages", [1, 2])
+def test_cut_backbone_bottom_then_top_computes_the_whole_backbone(stages: int) -> None:
+    weights = _random_lite0_weights()
+    images = np.random.default_rng(1).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
+    whole = backbones.build_inference("efficientnet_lite0", weights).predict_on_batch(images)
+    bottom, top = backbones.split("efficientnet_lite0", stages, weights)
+    cut = bottom.predict_on_batch(images)
+    assert cut.shape[1:] == top.input_shape[1:] and cut.shape[1] > whole.shape[1] * (stages - 1)
+    scale = np.abs(whole).max()
+    np.testing.assert_allclose(top(cut, training=False).numpy() / scale, whole / scale, atol=1e-5)
+    # The top trains its convs, never its BatchNorms; its layers keep the whole model's names.
+    assert top.trainable_weights and all(
+        not w.trainable
+        for layer in top.layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+        for w in layer.weights
+    )
+    assert {layer.name for layer in top.layers if layer.weights} <= set(weights)
+    # The two-output inference graph and the folded top alone (from only its layers' arrays) agree with it.
+    both = backbones.cut("efficientnet_lite0", stages, weights).predict_on_batch(images)
+    np.testing.assert_allclose(both[0], cut, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(both[1] / scale, whole / scale, atol=1e-6)
+    own = {name: weights[name] for name in backbones.layer_weights(top)}
+    folded = backbones.top("efficientnet_lite0", stages, own, folded=True)
+    np.testing.assert_allclose(folded.predict_on_batch(cut) / scale, whole / scale, atol=1e-5)
+
+
+def test_cutting_more_stages_than_the_backbone_has_is_refused() -> None:
+    with pytest.raises(BackboneError, match="Expected 1 to 6 top stages of efficientnet_lite0; received 7"):
+        backbones.split("efficientnet_lite0", 7, _random_lite0_weights())
+    with pytest.raises(BackboneError, match="mobilenet_v2 cannot be cut"):
+        backbones.cut("mobilenet_v2", 1, {})

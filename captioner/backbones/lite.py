@@ -13,6 +13,7 @@ from keras import layers
 from captioner.backbones.folding import fold_batch_norm
 from captioner.backbones.layers import BackbonePreprocess, StochasticDepth
 from captioner.backbones.registry import IMAGENET_CLASSES, LayerWeights, check_layer_names, fitting
+from captioner.errors import BackboneError
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,75 @@ def _mbconv(x, index: int, kernel: int, stride: int, expand: int, c_in: int, c_o
     return x
 
 
+def _blocks_and_head(x, variant: LiteVariant, first: int, folded: bool):
+    """The MBConv blocks from index `first` on, then the 1280-channel head conv: what follows a cut there."""
+    blocks = list(_lite_blocks(variant))
+    for index in range(first, len(blocks)):
+        x = _mbconv(x, index, *blocks[index], drop=_LITE_DROP_CONNECT * index / len(blocks), folded=folded)
+    head = partial(layers.Conv2D, LITE_HEAD, 1, padding="same")
+    return _conv_bn(x, head, "head_conv", activation=True, folded=folded)
+
+
+def first_block_of_top(variant: LiteVariant, stages: int) -> int:
+    """Index of the first MBConv block of the last `stages` stages (1 = the last stage only)."""
+    if not 1 <= stages <= len(_LITE_STAGES) - 1:
+        raise BackboneError(f"Expected 1 to {len(_LITE_STAGES) - 1} top stages of {variant.name}; received {stages}.")
+    starts = [i for i, (_, stride, _, c_in, c_out) in enumerate(_lite_blocks(variant)) if stride != 1 or c_in != c_out]
+    return starts[-stages]  # every stage opens with the one block whose input differs from its output
+
+
+def _cut_input(model: keras.Model, first: int):
+    """The tensor that enters block `first` (its expand conv, or its depthwise conv in a stage without expansion)."""
+    names = {layer.name for layer in model.layers}
+    entry = f"block{first}_expand_conv" if f"block{first}_expand_conv" in names else f"block{first}_dwconv"
+    return model.get_layer(entry).input
+
+
+def _cut_shape(variant: LiteVariant, first: int) -> tuple[int, int, int]:
+    """(h, w, c) of the activation entering block `first` ("same" padding: each stride-s step is a ceil division)."""
+    side = math.ceil(variant.input_size / 2)  # the stride-2 stem
+    blocks = list(_lite_blocks(variant))
+    for _, stride, _, _, _ in blocks[:first]:
+        side = math.ceil(side / stride)
+    return side, side, blocks[first][3]
+
+
+def build_lite_top(name: str, stages: int, weights: LayerWeights, folded: bool = False) -> keras.Model:
+    """The last `stages` stages and the head of a Lite variant: cut activation (B, h, w, c) -> (B, H, W, 1280).
+
+    Set from the weights of its `build` model's layers of the same names (more layers may be given); its layers are
+    named as in the full model, so its weights go back into it by name. Unfolded, its
+    BatchNorms are frozen: Keras runs a non-trainable BatchNorm in inference mode, even in training. Fine-tuning
+    calls it with `training=False`, so stochastic depth is off too.
+    """
+    variant = LITE_VARIANTS[name]
+    first = first_block_of_top(variant, stages)
+    inputs = keras.Input(_cut_shape(variant, first), name="cut")
+    top = keras.Model(inputs, _blocks_and_head(inputs, variant, first, folded), name=f"{name}_top{stages}")
+    if folded:
+        _set_folded(top, name, weights)
+        return top
+    for layer in top.layers:
+        if layer.weights:
+            if layer.name not in weights:
+                raise BackboneError(f"Expected weights for {name} layer {layer.name}; they are missing.")
+            with fitting(name, layer.name):
+                layer.set_weights(weights[layer.name])
+        if isinstance(layer, layers.BatchNormalization):
+            layer.trainable = False
+    return top
+
+
+def build_lite_cut(name: str, stages: int, weights: LayerWeights) -> keras.Model:
+    """The BatchNorm-folded inference graph of a Lite variant with two outputs: [cut activation, feature grid].
+
+    The cut activation is what enters its last `stages` stages, (B, h, w, c); set from its `build` model's weights.
+    """
+    folded = build_lite_inference(name, weights)
+    cut = _cut_input(folded, first_block_of_top(LITE_VARIANTS[name], stages))
+    return keras.Model(folded.input, [cut, folded.output], name=f"{name}_cut{stages}")
+
+
 def lite_architecture(variant: LiteVariant, folded: bool = False) -> keras.Model:
     """The full EfficientNet-Lite classifier (uint8 image -> 1000 logits), randomly initialised.
 
@@ -135,11 +205,7 @@ def lite_architecture(variant: LiteVariant, folded: bool = False) -> keras.Model
     x = BackbonePreprocess("lite", name="preprocess")(inputs)
     stem = partial(layers.Conv2D, _LITE_STEM, 3, strides=2, padding="same")
     x = _conv_bn(x, stem, "stem_conv", activation=True, folded=folded)  # (B, S/2, S/2, 32)
-    blocks = list(_lite_blocks(variant))
-    for index, block in enumerate(blocks):
-        x = _mbconv(x, index, *block, drop=_LITE_DROP_CONNECT * index / len(blocks), folded=folded)
-    head = partial(layers.Conv2D, LITE_HEAD, 1, padding="same")
-    x = _conv_bn(x, head, "head_conv", activation=True, folded=folded)  # (B, H, W, 1280): the feature grid
+    x = _blocks_and_head(x, variant, 0, folded)  # (B, H, W, 1280): the feature grid
     if folded:
         return keras.Model(inputs, x, name=variant.name)
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)  # (B, 1280)
@@ -165,6 +231,12 @@ def build_lite(name: str, include_top: bool, weights: str | None) -> keras.Model
 def build_lite_inference(name: str, weights: LayerWeights) -> keras.Model:
     """The BatchNorm-folded feature graph of a Lite variant, set from the weights of its `build` model."""
     model = lite_architecture(LITE_VARIANTS[name], folded=True)
+    _set_folded(model, name, weights)
+    return model
+
+
+def _set_folded(model: keras.Model, name: str, weights: LayerWeights) -> None:
+    """Set each conv of a folded graph from its unfolded conv's and BatchNorm's arrays in `weights`."""
     convs = [layer for layer in model.layers if layer.weights]
     check_layer_names(name, weights, {c.name for c in convs} | {_batch_norm_name(c.name) for c in convs})
     for conv in convs:
@@ -172,4 +244,3 @@ def build_lite_inference(name: str, weights: LayerWeights) -> keras.Model:
             bn = weights[_batch_norm_name(conv.name)]
             depthwise = isinstance(conv, layers.DepthwiseConv2D)
             conv.set_weights(fold_batch_norm(weights[conv.name], bn, _BN_EPSILON, depthwise, conv.kernel.dtype))
-    return model

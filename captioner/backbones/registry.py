@@ -36,6 +36,11 @@ class BackboneSpec:
     # inference_builder(weights of the include_top=False model by layer name) -> its BatchNorm-folded inference graph,
     # built directly (never building the BatchNorm graph: ~2 CPU-s less for Lite2); None: the model as built.
     inference_builder: Callable[[LayerWeights], keras.Model] | None = None
+    # cut_builder(stages, weights by layer name) -> the folded inference graph with two outputs, [the activation
+    # entering its last `stages` stages, the feature grid]; top_builder(stages, weights by layer name, folded) -> those
+    # stages alone (cut activation -> feature grid). None: the backbone cannot be cut, so it cannot be fine-tuned.
+    cut_builder: Callable[[int, LayerWeights], keras.Model] | None = None
+    top_builder: Callable[[int, LayerWeights, bool], keras.Model] | None = None
 
     @property
     def feature_shape(self) -> tuple[int, int, int]:
@@ -110,6 +115,43 @@ def build_inference(name: str, weights: LayerWeights | None = None) -> keras.Mod
     if weights is None:
         weights = layer_weights(build(name, include_top=False))
     return spec.inference_builder(weights)
+
+
+def _cuttable(name: str) -> BackboneSpec:
+    spec = get(name)
+    if spec.cut_builder is None or spec.top_builder is None:
+        raise BackboneError(f"Backbone {name} cannot be cut, so its stages cannot be fine-tuned.")
+    return spec
+
+
+def cut(name: str, stages: int, weights: LayerWeights | None = None) -> keras.Model:
+    """The BatchNorm-folded inference graph, uint8 -> [activation entering the last `stages` stages, feature grid].
+
+    `weights` as in `build_inference`; None: ImageNet's.
+    Raises:
+        BackboneError: the backbone cannot be cut, `stages` is out of range, or the weights do not fit.
+    """
+    spec = _cuttable(name)
+    return spec.cut_builder(stages, layer_weights(build(name)) if weights is None else weights)
+
+
+def split(name: str, stages: int, weights: LayerWeights | None = None) -> tuple[keras.Model, keras.Model]:
+    """(bottom, top) of a backbone cut before its last `stages` stages, for fine-tuning the top from a cache.
+
+    bottom: folded, uint8 -> cut activation; top: trainable, cut activation -> feature grid, its BatchNorms frozen,
+    its layers named as in `build(name)`. `weights` as in `build_inference`; None: ImageNet's.
+    """
+    weights = layer_weights(build(name)) if weights is None else weights
+    graph = cut(name, stages, weights)
+    return keras.Model(graph.input, graph.outputs[0], name=f"{name}_bottom"), top(name, stages, weights)
+
+
+def top(name: str, stages: int, weights: LayerWeights, folded: bool = False) -> keras.Model:
+    """The last `stages` stages of a backbone (cut activation -> feature grid) from its layers' weights by name.
+
+    `folded`: BatchNorm folded into the convs, for inference (then `weights` hold exactly the top's layers).
+    """
+    return _cuttable(name).top_builder(stages, weights, folded)
 
 
 def layer_weights(model: keras.Model) -> dict[str, list[np.ndarray]]:
