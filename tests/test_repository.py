@@ -50,3 +50,16 @@ def test_the_bundled_report_and_metrics_name_the_model_logically() -> None:
         head = f.readline() + f.readline()  # '{' and the "model" line: the report is one field per line
     assert metrics["model_id"] == "bundled"
     assert '"id": "bundled"' in head
+
+
+def test_every_bench_script_imports_only_helpers_that_exist() -> None:
+    import ast
+
+    common = ast.parse((REPO_ROOT / "bench" / "_common.py").read_text(encoding="utf-8"))
+    helpers = {node.name for node in common.body if isinstance(node, ast.FunctionDef | ast.ClassDef)}
+    helpers |= {t.id for node in common.body if isinstance(node, ast.Assign) for t in node.targets}
+    for script in sorted((REPO_ROOT / "bench").glob("*.py")):
+        tree = ast.parse(script.read_text(encoding="utf-8"))
+        wanted = {a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module == "_common"
+                  for a in node.names}  # fmt: skip
+        assert wanted <= helpers, f"{script.name} imports {sorted(wanted - helpers)} from bench/_common.py"

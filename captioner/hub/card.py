@@ -9,7 +9,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from captioner.errors import ModelError
-from captioner.files import CONFIG_FILE, ENSEMBLE_FILE, MANIFEST_FILE, METRICS_FILE, WEIGHTS_FILE, sha256_file
+from captioner.files import (
+    CONFIG_FILE,
+    ENSEMBLE_FILE,
+    IMAGENET_STAGES_FILE,
+    MANIFEST_FILE,
+    METRICS_FILE,
+    WEIGHTS_FILE,
+    sha256_file,
+)
 from captioner.hub.failures import brief
 
 if TYPE_CHECKING:
@@ -147,6 +155,17 @@ def _ensemble_text(model_dir: Path) -> str:
     )
 
 
+def _tuned_text(config: Mapping) -> str:
+    """The card's words on fine-tuned backbone stages ("" for a backbone used as ImageNet trained it)."""
+    stages = config.get("tuned_stages")
+    if not isinstance(stages, int) or stages <= 0:
+        return ""
+    return (
+        f" Its last {stages} stage(s) were fine-tuned on Flickr8k with the decoder (BatchNorm kept at ImageNet's "
+        f"statistics); their original ImageNet weights ship as `{IMAGENET_STAGES_FILE}`, for the ImageNet view."
+    )
+
+
 def model_card(model_dir: str | os.PathLike[str], repo_id: str | None = None) -> str:
     """Build the model card (`README.md`: YAML metadata + Markdown) from config.json and metrics.json."""
     from huggingface_hub import ModelCard, ModelCardData
@@ -201,7 +220,7 @@ def model_card(model_dir: str | os.PathLike[str], repo_id: str | None = None) ->
         "## Architecture",
         f"- **Encoder:** the `{backbone}` convolutional backbone (EfficientNet-Lite, ImageNet-pretrained), input "
         f"{_size(config.get('image_size', '?'))} RGB, giving a {_size(config.get('grid', '?'))} grid of image "
-        "features.\n"
+        f"features.{_tuned_text(config)}\n"
         f"- **Decoder:** {_decoder_text(config)}; each caption comes with its per-word attention maps.\n"
         + _ensemble_text(model_dir)
         + f"- **Files:** `config.json` (hyper-parameters), `vocab.json` (word list), `{WEIGHTS_FILE}` (all Keras "
