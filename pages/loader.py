@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from collections.abc import Mapping
 from concurrent.futures import Future
@@ -39,6 +40,7 @@ class ModelLoader:
 
     def __init__(self, secrets: Mapping[str, Any]):
         self._future: Future[Captioner] = Future()
+        keep_keras_state_between_runs()
         threading.Thread(target=self._load, args=(dict(secrets),), name="captioner-load", daemon=True).start()
 
     def _load(self, secrets: dict[str, Any]) -> None:
@@ -68,6 +70,27 @@ class ModelLoader:
     def result(self) -> Captioner:
         """Wait for the model; raises what loading raised."""
         return self._future.result()
+
+
+def keep_keras_state_between_runs() -> None:
+    """Stop Streamlit from calling keras.backend.clear_session() after every script run.
+
+    Streamlit clears Keras' state after each run for apps that build a model per run. This app builds its model once
+    per process, and the clear empties TensorFlow's kernel cache, so the next backbone and decoder calls instantiate
+    their graphs again: 0.07 → 0.40 CPU-s per photo, and under load every run of any session did it (docs/serving.md).
+    Pyplot figures are still closed after each run, the other half of Streamlit's clean-up.
+    """
+    from streamlit.runtime.scriptrunner import script_runner
+
+    if not hasattr(script_runner, "_clean_problem_modules"):
+        LOG.warning("Streamlit's post-run clean-up has moved: Keras' caches may be cleared after every script run")
+        return
+    script_runner._clean_problem_modules = _close_pyplot_figures
+
+
+def _close_pyplot_figures() -> None:
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")
 
 
 @st.cache_resource(show_spinner=False)

@@ -526,6 +526,21 @@ def test_changing_decoding_settings_reuses_the_encoded_photo(app_env, monkeypatc
     assert calls == []
 
 
+def test_script_runs_leave_the_models_tensorflow_caches_alone(app_env, monkeypatch):
+    # Streamlit calls keras.backend.clear_session() after every script run unless the app stops it; that emptied
+    # TensorFlow's kernel cache, so every upload paid for instantiating the backbone and decoder graphs again.
+    import keras
+
+    cleared = []
+    monkeypatch.setattr(keras.backend, "clear_session", lambda *args, **kwargs: cleared.append(True))
+    at = _app()
+    at.file_uploader(key="uploads").set_value(("cached.jpg", _jpeg(320, 240, seed=5), "image/jpeg")).run()
+    at.sidebar.slider(key="beam_size").set_value(4).run()
+    _no_exceptions(at)
+    assert "Captioned **1** of 1 file(s)." in _texts(at.markdown)
+    assert cleared == []
+
+
 def _slider(at: AppTest, label: str):
     return next(s for s in at.sidebar.slider if s.label == label)
 
