@@ -20,7 +20,7 @@ import tensorflow as tf
 from _common import SHARED, timed
 from PIL import Image
 
-from captioner import Captioner, backbones, imagenet
+from captioner import Captioner
 from captioner.decode import BeamSearch, emittable_words
 
 
@@ -128,24 +128,27 @@ def main() -> None:
             f"compiled step {slow} -> {slow.median / fast.median:4.1f}x"
         )
 
-    if model.config.tuned_stages:  # the ImageNet view runs the original weights of the fine-tuned stages too
-        stages = imagenet.load_stages(model.info.path)
-        if stages is not None:
-            original = backbones.top(model.config.backbone, model.config.tuned_stages, stages, folded=True)
-            pixels = model.prepare(photo)[None]
-            cut, _ = model.model.backbone(pixels, training=False)
-            whole = timed(lambda: model.model.backbone(pixels, training=False), args.repeats)
-            view = timed(lambda: original(cut, training=False), args.repeats)
-            print(f"ImageNet view through the original {model.config.tuned_stages} stage(s), per photo: {view}; "
+    if model.stages:  # the backbone is cut: the ImageNet view and members' own stages run on the cut activation
+        pixels = model.prepare(photo)[None]
+        cut, _ = model.model.backbone(pixels, training=False)
+        whole = timed(lambda: model.model.backbone(pixels, training=False), args.repeats)
+        if model.shared.original is not None:
+            view = timed(lambda: model.shared.original(cut, training=False), args.repeats)
+            print(f"ImageNet view through the original {model.stages} stage(s), per photo: {view}; "
                   f"the backbone pass {whole} -> +{view.median / whole.median:.0%}")  # fmt: skip
+        if own := [s for s in model.shared.sources if s is not model.shared.original]:
+            tops = timed(lambda: [s(cut, training=False) for s in own], args.repeats)
+            print(f"{len(own)} further member(s)' own top stages, per photo: {tops}; "
+                  f"the backbone pass {whole} -> +{tops.median / whole.median:.0%}")  # fmt: skip
     if len(model.decoders) == 1:
         print("ensemble: the model ships one decoder (K=1), so decoding costs what it costs above")
     if len(model.decoders) > 1:  # what the ensemble costs: the same search over its first member alone
         single = BeamSearch(model.decoders[0], model.vocab, model.config.grid)
+        first = feats[..., : model.config.feature_channels]  # its grid: members' own grids are stacked after it
         print(f"ensemble of {len(model.decoders)} decoders vs its first decoder alone, decode only, per photo:")
         for k in (1, 5):
             one = timed(lambda k=k: [single(f[None], k, d.length_penalty, n, block_repeats=d.block_repeats)
-                                     for f in feats], args.repeats, scale=1000 / len(feats))  # fmt: skip
+                                     for f in first], args.repeats, scale=1000 / len(feats))  # fmt: skip
             all_k = timed(lambda k=k: [model.decode_features(f[None], k) for f in feats], args.repeats,
                           scale=1000 / len(feats))  # fmt: skip
             print(f"  beam {k}: K=1 {one}; K={len(model.decoders)} {all_k} -> {all_k.median / one.median:4.2f}x")

@@ -20,7 +20,7 @@ from captioner.files import (
     WEIGHTS_FILE,
     write_atomic,
 )
-from captioner.model import CaptionDecoder, ModelConfig, build_decoder, load_decoder
+from captioner.model import SHARED_FIELDS, CaptionDecoder, ModelConfig, build_decoder, load_decoder, read_weights
 from captioner.text import Vocabulary
 from captioner.train import BEST_TOP_WEIGHTS, BEST_WEIGHTS
 
@@ -30,15 +30,29 @@ def export_run(run_dir: Path, out: Path, data: Flickr8k | None = None, log=print
 
     `members`: further runs or model directories (same backbone and vocabulary) whose decoders join it as one
     ensemble; `run_dir` may be a model directory too (its decoder; the backbone comes from the ImageNet weights).
+    Any of them may carry fine-tuned top stages: the first one's go into the backbone, a further member's into its
+    own weights file, and the ImageNet weights of the most stages any member tuned ship as imagenet_stages.npz.
     With `data`, also tune the decoding on dev, score dev and test into metrics.json, and write the model card. The
     sha256 manifest comes last, so it covers every file.
     """
     from captioner import backbones
-    from captioner.model import ImageCaptioner, save_ensemble, save_model_dir
+    from captioner.model import ImageCaptioner, Member, save_ensemble, save_model_dir
 
     config, vocab, decoder = _best_decoder(run_dir)
     backbone = backbones.build(config.backbone, include_top=False)
-    original = _carry_tuned_stages(backbone, run_dir, config) if config.tuned_stages else None
+    original = backbones.layer_weights(backbone)
+    extra = []
+    for member_dir in members:
+        member_config, member_vocab, member = _best_decoder(member_dir)
+        if member_vocab.words != vocab.words:
+            raise ModelError(f"{member_dir} has another vocabulary than {run_dir}; ensemble members must share one.")
+        if differs := [f for f in SHARED_FIELDS if getattr(member_config, f) != getattr(config, f)]:
+            raise ModelError(
+                f"{member_dir} differs from {run_dir} in {', '.join(differs)}; members share one backbone."
+            )
+        extra.append(Member(member, member_config, _tuned_layers(member_dir, member_config, original)))
+    for name, arrays in _tuned_layers(run_dir, config, original).items():
+        backbone.get_layer(name).set_weights(arrays)
     save_model_dir(out, ImageCaptioner(backbone, decoder), config, vocab.to_json())
     stale = [
         out / ENSEMBLE_FILE,
@@ -47,16 +61,8 @@ def export_run(run_dir: Path, out: Path, data: Flickr8k | None = None, log=print
     ]
     for file in stale:
         file.unlink(missing_ok=True)  # an earlier export's
-    if original is not None:
-        imagenet.save_stages(out, original)
-    extra = []
-    for member_dir in members:
-        member_config, member_vocab, member = _best_decoder(member_dir)
-        if member_vocab.words != vocab.words:
-            raise ModelError(f"{member_dir} has another vocabulary than {run_dir}; ensemble members must share one.")
-        if member_config.tuned_stages or config.tuned_stages:
-            raise ModelError("Ensemble members share one backbone pass, so none may carry fine-tuned stages.")
-        extra.append((member, member_config))
+    if stages := max([config.tuned_stages, *(m.config.tuned_stages for m in extra)]):
+        imagenet.save_stages(out, backbones.layer_weights(backbones.top(config.backbone, stages, original)))
     if extra:
         save_ensemble(out, extra)
     if data is None:
@@ -86,22 +92,33 @@ def write_card(model_dir: Path) -> Path:
     return model_dir
 
 
-def _carry_tuned_stages(backbone, run_dir: Path, config: ModelConfig) -> dict:
-    """Set a run's fine-tuned top stages into the ImageNet backbone; returns the original stages' weights by layer."""
-    from captioner import backbones
+def _tuned_layers(run_dir: Path, config: ModelConfig, original: dict) -> dict[str, list]:
+    """The layers of a run's (or model directory's) fine-tuned top stages by name; empty if it tuned none.
 
-    if not (run_dir / BEST_TOP_WEIGHTS).is_file():
-        raise ModelError(
-            f"{run_dir} fine-tuned {config.tuned_stages} backbone stage(s) but holds no {BEST_TOP_WEIGHTS}: "
-            "export it from its training run directory."
-        )
-    original = backbones.layer_weights(backbone)
+    `original`: the ImageNet backbone's layer weights, which the stages start from and must fit.
+    """
+    from captioner import backbones
+    from captioner.backbones.registry import fitting
+
+    if not config.tuned_stages:
+        return {}
     top = backbones.top(config.backbone, config.tuned_stages, original)
-    top.load_weights(run_dir / BEST_TOP_WEIGHTS)
-    tuned = backbones.layer_weights(top)
-    for name, arrays in tuned.items():
-        backbone.get_layer(name).set_weights(arrays)
-    return {name: original[name] for name in tuned}
+    if (run_dir / BEST_WEIGHTS).is_file():  # a training run keeps its best stages beside its best decoder
+        if not (run_dir / BEST_TOP_WEIGHTS).is_file():
+            raise ModelError(
+                f"{run_dir} fine-tuned {config.tuned_stages} backbone stage(s) but holds no {BEST_TOP_WEIGHTS}: "
+                "export it from its training run directory."
+            )
+        top.load_weights(run_dir / BEST_TOP_WEIGHTS)
+    else:  # a model directory: the stages inside its backbone
+        saved = read_weights(run_dir / WEIGHTS_FILE).get("backbone", {})
+        for layer in top.layers:
+            if layer.weights:
+                if layer.name not in saved:
+                    raise ModelError(f"{run_dir / WEIGHTS_FILE} lacks the fine-tuned backbone layer {layer.name}.")
+                with fitting(config.backbone, layer.name):
+                    layer.set_weights(saved[layer.name])
+    return backbones.layer_weights(top)
 
 
 def _best_decoder(run_dir: Path) -> tuple[ModelConfig, Vocabulary, CaptionDecoder]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import h5py
@@ -258,15 +258,55 @@ def save_model_dir(path: str | Path, model: ImageCaptioner, config: ModelConfig,
 SHARED_FIELDS = ("backbone", "image_size", "grid", "feature_channels", "vocab_size")
 
 
-def save_ensemble(path: str | Path, members: list[tuple[CaptionDecoder, ModelConfig]]) -> None:
-    """Write the further members' decoder weights (float16) and ensemble.json into a model directory."""
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """A further ensemble member: its decoder, its config and the layers of its own fine-tuned top stages.
+
+    `stages` maps the backbone's layer names to arrays (unfolded, as `backbones.layer_weights` gives them); empty for
+    a member that fine-tuned none (`config.tuned_stages` 0).
+    """
+
+    decoder: CaptionDecoder
+    config: ModelConfig
+    stages: dict[str, list[np.ndarray]] = dataclasses.field(default_factory=dict)
+
+
+def save_ensemble(path: str | Path, members: Sequence[Member]) -> None:
+    """Write the further members' weights (float16) and ensemble.json into a model directory.
+
+    A member's file holds its decoder and, if it fine-tuned stages, those stages as the file's backbone part.
+    """
+    from captioner import backbones
+
     path = Path(path)
     entries = []
-    for index, (decoder, config) in enumerate(members, start=1):
+    for index, member in enumerate(members, start=1):
         name = member_weights_file(index)
-        save_weights(ImageCaptioner(keras.layers.Identity(), decoder), path / name)
-        entries.append({"weights": name, "config": dataclasses.asdict(config)})
+        top = keras.layers.Identity()
+        if member.config.tuned_stages:
+            top = backbones.top(member.config.backbone, member.config.tuned_stages, member.stages)
+        save_weights(ImageCaptioner(top, member.decoder), path / name)
+        entries.append({"weights": name, "config": dataclasses.asdict(member.config)})
     write_atomic(path / ENSEMBLE_FILE, json.dumps({"members": entries}, indent=2))
+
+
+def load_member(weights_file: str | Path, config: ModelConfig) -> Member:
+    """A further member from its weights file: the decoder, and its own fine-tuned stages if its config has some.
+
+    Raises:
+        ModelError: the file does not fit the config, or carries stages its config does not have (or the reverse).
+    """
+    weights = read_weights(weights_file)
+    decoder = load_decoder(config, weights_file, weights)
+    stages = {
+        layer: [np.asarray(a, np.float32) for a in arrays] for layer, arrays in weights.get("backbone", {}).items()
+    }
+    if bool(stages) != bool(config.tuned_stages):
+        held = f"{len(stages)} backbone layers" if stages else "no backbone layers"
+        raise ModelError(
+            f"{weights_file} holds {held}, but its member config has {config.tuned_stages} fine-tuned stage(s)."
+        )
+    return Member(decoder, config, stages)
 
 
 def read_ensemble(path: str | Path, config: ModelConfig) -> list[tuple[str, ModelConfig]]:

@@ -7,16 +7,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import keras
 import numpy as np
 import tensorflow as tf
 
 from captioner import backbones, familiarity, hub, imagenet
 from captioner.decode import BeamSearch, Caption
-from captioner.ensemble import EnsembleDecoder
+from captioner.ensemble import EnsembleDecoder, SharedBackbone
 from captioner.errors import BackboneError, ImageError, ModelError
 from captioner.features import ImageSource, describe, prepare_image
-from captioner.files import CONFIG_FILE, METRICS_FILE, VOCAB_FILE, WEIGHTS_FILE, sha256_file
-from captioner.model import CaptionDecoder, ImageCaptioner, ModelConfig, load_decoder, read_ensemble, read_weights
+from captioner.files import CONFIG_FILE, IMAGENET_STAGES_FILE, METRICS_FILE, VOCAB_FILE, WEIGHTS_FILE, sha256_file
+from captioner.model import ImageCaptioner, Member, ModelConfig, load_decoder, load_member, read_ensemble, read_weights
 from captioner.text import Vocabulary
 
 
@@ -72,7 +73,8 @@ class Encoded:
     """Backbone feature grids of a batch of images, ready for decoding."""
 
     names: list[str]
-    features: np.ndarray  # (N, H, W, C) float32
+    # (N, H, W, C) float32; (N, H, W, C·S) for an ensemble whose members fine-tuned their own stages: S grids stacked
+    features: np.ndarray
     images: np.ndarray  # (N, S, S, 3) uint8, the squashed backbone inputs (for overlays)
     # (N, C) float32: the pooled grid of the ImageNet backbone, what its ImageNet head and the familiarity check read
     # (the pooled `features`, unless the top stages were fine-tuned: then their original weights' output)
@@ -88,40 +90,40 @@ class Captioner:
         config: ModelConfig,
         vocab: Vocabulary,
         info: ModelInfo,
-        members: Sequence[CaptionDecoder] = (),
+        members: Sequence[Member] = (),
     ):
         """`model` holds the decoder and the inference backbone (`backbones.build_inference`), as `load` builds it.
 
-        `members` are further decoders over the same backbone: decoded with `model.decoder` as one ensemble.
+        `members` are further decoders over the same backbone, decoded with `model.decoder` as one ensemble. When any
+        of them fine-tuned stages, `model.backbone` is cut before the most any did (`backbones.cut`).
         """
         self.model, self.config, self.vocab, self.info = model, config, vocab, info
-        self.decoders = [model.decoder, *members]
-        self.decoder = EnsembleDecoder(self.decoders) if members else model.decoder  # what decoding runs
-        self.search = BeamSearch(self.decoder, vocab, config.grid)
+        self.decoders = [model.decoder, *(m.decoder for m in members)]
+        self.stages = max([config.tuned_stages, *(m.config.tuned_stages for m in members)])  # the backbone's cut
         self.metrics = _read_json(info.path / METRICS_FILE)
         self.tuned = Decoding.from_metrics(self.metrics)  # what dev chose for this model
         # Optional files beside the weights (None without them); both read `Encoded.seen`.
         self.imagenet = imagenet.ImageNetHead.load(info.path)  # the backbone's own ImageNet classifier
         self.familiarity = familiarity.Familiarity.load(info.path)  # is a photo like the training photos?
-        original = None  # fine-tuned stages: their ImageNet weights, run on the activation entering them
-        if config.tuned_stages:
-            stages = imagenet.load_stages(info.path)
-            if stages is None:  # both were made for the ImageNet backbone's features
-                self.imagenet = self.familiarity = None
-            else:
-                original = backbones.top(config.backbone, config.tuned_stages, stages, folded=True)
-
-        def backbone_pass(images):
-            """Feature grids (N, H, W, C) and what the ImageNet view reads: the ImageNet backbone's pooled grid."""
-            if not config.tuned_stages:
-                grid = model.backbone(images, training=False)
-                return grid, tf.reduce_mean(grid, axis=(1, 2))
-            cut, grid = model.backbone(images, training=False)
-            return grid, tf.reduce_mean(grid if original is None else original(cut, training=False), axis=(1, 2))
+        # The ImageNet weights of the stages after the cut: what the ImageNet view runs when member 0 fine-tuned
+        # them, and what fills a member's stages where it fine-tuned fewer.
+        shipped = imagenet.load_stages(info.path) if self.stages else None
+        original = None
+        if config.tuned_stages and shipped is None:  # both were made for the ImageNet backbone's features
+            self.imagenet = self.familiarity = None
+        elif config.tuned_stages:
+            original = _folded_top(config.backbone, self.stages, shipped, {}, info.path)
+        tops = [
+            _folded_top(config.backbone, self.stages, shipped, m.stages, info.path) if m.config.tuned_stages else None
+            for m in members
+        ]
+        self.shared = SharedBackbone(model.backbone, self.stages > 0, config.tuned_stages > 0, original, tops)
+        self.decoder = EnsembleDecoder(self.decoders, self.shared.slots) if members else model.decoder  # what runs
+        self.search = BeamSearch(self.decoder, vocab, config.grid)
 
         # Traced once, without AutoGraph or Keras' predict machinery: quicker to compile on a cold start and to call.
         self._backbone = tf.function(
-            backbone_pass,
+            self.shared,
             input_signature=[tf.TensorSpec([None, config.image_size, config.image_size, 3], tf.uint8)],
             autograph=False,
         )
@@ -153,8 +155,10 @@ class Captioner:
         if len(vocab) != config.vocab_size:
             raise ModelError(f"{path}: vocab.json has {len(vocab)} words, config.json says {config.vocab_size}.")
         backbones.get(config.backbone)  # an unknown backbone is reported as that, not as weights that do not fit
-        model = _inference_model(config, path / WEIGHTS_FILE)
-        members = _ensemble_members(path, config)
+        entries = read_ensemble(path, config)
+        stages = max([config.tuned_stages, *(member.tuned_stages for _, member in entries)])
+        model = _inference_model(config, path / WEIGHTS_FILE, stages)
+        members = [load_member(path / name, member) for name, member in entries]
         if info is None:
             info = ModelInfo(str(path), path, None, sha256_file(path / WEIGHTS_FILE))
         return cls(model, config, vocab, info, members)
@@ -216,10 +220,11 @@ class Captioner:
         return self.decode(self.encode(images), beam_size, length_penalty, max_length, block_repeats)
 
 
-def _inference_model(config: ModelConfig, weights_file: Path) -> ImageCaptioner:
+def _inference_model(config: ModelConfig, weights_file: Path, stages: int) -> ImageCaptioner:
     """The decoder and the BatchNorm-folded backbone, set from the weights file of the full model.
 
-    With fine-tuned stages the backbone has two outputs: [the activation entering those stages, the feature grid].
+    Cut before the last `stages` stages (the most any member fine-tuned), the backbone has two outputs: [the
+    activation entering those stages, the feature grid].
     """
     weights = read_weights(weights_file)  # by layer name: the backbone's arrays are folded into its convs
     if sorted(weights) != ["backbone", "decoder"]:
@@ -227,8 +232,8 @@ def _inference_model(config: ModelConfig, weights_file: Path) -> ImageCaptioner:
     decoder = load_decoder(config, weights_file, weights)
     try:
         # BatchNorm folded into the convs (1.2-1.3x faster), built without building the BatchNorm graph first.
-        if config.tuned_stages:
-            backbone = backbones.cut(config.backbone, config.tuned_stages, weights["backbone"])
+        if stages:
+            backbone = backbones.cut(config.backbone, stages, weights["backbone"])
         else:
             backbone = backbones.build_inference(config.backbone, weights["backbone"])
     except BackboneError as e:
@@ -238,9 +243,22 @@ def _inference_model(config: ModelConfig, weights_file: Path) -> ImageCaptioner:
     return ImageCaptioner(backbone, decoder)
 
 
-def _ensemble_members(path: Path, config: ModelConfig) -> list[CaptionDecoder]:
-    """The extra decoders an ensemble directory lists in ensemble.json (none for a single model)."""
-    return [load_decoder(member, path / name) for name, member in read_ensemble(path, config)]
+def _folded_top(
+    backbone: str,
+    stages: int,
+    original: dict[str, list[np.ndarray]] | None,
+    own: dict[str, list[np.ndarray]],
+    path: Path,
+) -> keras.Model:
+    """The last `stages` stages of the backbone, folded: a member's `own` fine-tuned layers, ImageNet's for the rest."""
+    if original is None:
+        raise ModelError(f"{path} lacks {IMAGENET_STAGES_FILE}, the ImageNet weights of the stages its members share.")
+    if extra := sorted(set(own) - set(original)):
+        raise ModelError(f"{path}: a member's stages hold layers {extra[:3]}, not among the last {stages} stages.")
+    try:
+        return backbones.top(backbone, stages, {**original, **own}, folded=True)
+    except BackboneError as e:
+        raise ModelError(f"{path}: the stages of an ensemble member do not fit {backbone}: {e}") from e
 
 
 def _read_json(path: Path) -> dict:

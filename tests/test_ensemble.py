@@ -118,13 +118,13 @@ def test_members_must_share_one_vocabulary(vocab):
 def ensemble_dir(tiny_model_dir, tmp_path_factory):
     """The tiny model directory plus two further members (another seed, another width)."""
     from captioner.hub import write_manifest
-    from captioner.model import CONFIG_FILE, save_ensemble
+    from captioner.model import CONFIG_FILE, Member, save_ensemble
 
     path = tmp_path_factory.mktemp("ensemble") / "model"
     shutil.copytree(tiny_model_dir, path)
     config = ModelConfig.load(path / CONFIG_FILE)
     wide = ModelConfig(**{**config.__dict__, "units": 24})
-    save_ensemble(path, [(_decoder_for(config, 7), config), (_decoder_for(wide, 8), wide)])
+    save_ensemble(path, [Member(_decoder_for(config, 7), config), Member(_decoder_for(wide, 8), wide)])
     write_manifest(path)
     return path
 

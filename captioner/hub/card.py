@@ -141,24 +141,44 @@ def _decoder_text(config: Mapping[str, object]) -> str:
     )
 
 
-def _ensemble_text(model_dir: Path) -> str:
-    """The card's line on an ensemble's further decoders ("" for a single model)."""
+def _ensemble_text(model_dir: Path, config: Mapping) -> str:
+    """The card's line on an ensemble's further decoders and the stages each carries ("" for a single model)."""
     ensemble = _load_json(model_dir / ENSEMBLE_FILE, required=False) or {}
     members = ensemble.get("members") if isinstance(ensemble.get("members"), list) else []
+    members = [m for m in members if isinstance(m, Mapping)]
     if not members:
         return ""
-    files = ", ".join(f"`{m.get('weights')}`" for m in members if isinstance(m, Mapping))
+    stages = [_stages(config), *(_stages(m.get("config")) for m in members)]
+    averaged = "beam search averages their next-word probabilities (and attention maps) at every step"
+    if not any(stages):
+        files = ", ".join(f"`{m.get('weights')}`" for m in members)
+        return (
+            f"- **Ensemble:** {len(members) + 1} decoders share the one backbone pass; {averaged}. The further "
+            f"decoders are {files}, listed in `{ENSEMBLE_FILE}` with their configs.\n"
+        )
+    carries = [f"its own {n} fine-tuned top stage(s)" if n else "the ImageNet top stages" for n in stages]
+    parts = [
+        f"`{WEIGHTS_FILE}` holds the first decoder, over {carries[0]}",
+        *(f"`{m.get('weights')}` a decoder and {c}" for m, c in zip(members, carries[1:], strict=True)),
+    ]
     return (
-        f"- **Ensemble:** {len(members) + 1} decoders share the one backbone pass; beam search averages their "
-        f"next-word probabilities (and attention maps) at every step. The further decoders are {files}, listed in "
-        f"`{ENSEMBLE_FILE}` with their configs.\n"
+        f"- **Ensemble:** {len(members) + 1} decoders; {averaged}. They share one backbone pass up to the cut "
+        f"before its last {max(stages)} stage(s), and each runs its own top stages from there (ImageNet's where it "
+        f"fine-tuned fewer, from `{IMAGENET_STAGES_FILE}`): {'; '.join(parts)}. `{ENSEMBLE_FILE}` lists the further "
+        "members with their configs.\n"
     )
+
+
+def _stages(config: object) -> int:
+    """How many top stages a config says were fine-tuned (0 when it says nothing sensible)."""
+    stages = config.get("tuned_stages") if isinstance(config, Mapping) else None
+    return stages if isinstance(stages, int) and stages > 0 else 0
 
 
 def _tuned_text(config: Mapping) -> str:
     """The card's words on fine-tuned backbone stages ("" for a backbone used as ImageNet trained it)."""
-    stages = config.get("tuned_stages")
-    if not isinstance(stages, int) or stages <= 0:
+    stages = _stages(config)
+    if not stages:
         return ""
     return (
         f" Its last {stages} stage(s) were fine-tuned on Flickr8k with the decoder (BatchNorm kept at ImageNet's "
@@ -222,7 +242,7 @@ def model_card(model_dir: str | os.PathLike[str], repo_id: str | None = None) ->
         f"{_size(config.get('image_size', '?'))} RGB, giving a {_size(config.get('grid', '?'))} grid of image "
         f"features.{_tuned_text(config)}\n"
         f"- **Decoder:** {_decoder_text(config)}; each caption comes with its per-word attention maps.\n"
-        + _ensemble_text(model_dir)
+        + _ensemble_text(model_dir, config)
         + f"- **Files:** `config.json` (hyper-parameters), `vocab.json` (word list), `{WEIGHTS_FILE}` (all Keras "
         f"weights, backbone included), `metrics.json` (scores), `{MANIFEST_FILE}` (sha256 of every file).",
         f"| Setting | Value |\n|---|---|\n{config_rows}" if config_rows else "",
