@@ -94,9 +94,9 @@ def main() -> None:
     sets = {
         "Flickr8k dev (calibration)": feats["dev"],
         "Flickr8k test": feats["test"],
-        "Flickr8k photos among the ImageNet set": cap.encode(flickr).features,
-        "ImageNet photos (not Flickr8k)": cap.encode(imagenet).features,
-        "made here: text, textures, charts": cap.encode(list(made.values()), list(made)).features,
+        "Flickr8k photos among the ImageNet set": cap.encode(flickr).seen,
+        "ImageNet photos (not Flickr8k)": cap.encode(imagenet).seen,
+        "made here: text, textures, charts": cap.encode(list(made.values()), list(made)).seen,
     }
     print(
         f"threshold {fam.threshold:.4f} (dev {familiarity.QUANTILE:.1%} quantile, k={fam.k}, {fam.basis.shape[1]} dims)"
