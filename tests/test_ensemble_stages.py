@@ -66,24 +66,23 @@ def _decoder(config, vocab, seed: int):
     return decoder
 
 
-@pytest.fixture(scope="module")
-def parts():
-    """(original weights, member configs, their own stages, their decoders, vocabulary) of a 3-member ensemble."""
+def _parts(stages: tuple[int, ...]):
+    """(original weights, member configs, their own stages, their decoders, vocabulary) of an ensemble whose
+    members fine-tuned `stages` stages each."""
     from conftest import tiny_model
 
     from captioner.model import ModelConfig
 
     _, base, vocab = tiny_model()
     original = _imagenet_like()
-    configs = [ModelConfig(**{**base.__dict__, "tuned_stages": n, "units": 24 + 8 * i}) for i, n in enumerate(STAGES)]
-    own = [_fine_tuned(original, n, seed=10 + i) if n else {} for i, n in enumerate(STAGES)]
+    configs = [ModelConfig(**{**base.__dict__, "tuned_stages": n, "units": 24 + 8 * i}) for i, n in enumerate(stages)]
+    own = [_fine_tuned(original, n, seed=10 + i) if n else {} for i, n in enumerate(stages)]
     decoders = [_decoder(c, vocab, seed=20 + i) for i, c in enumerate(configs)]
     return original, configs, own, decoders, vocab
 
 
-@pytest.fixture(scope="module")
-def ensemble_dir(parts, tmp_path_factory) -> Path:
-    """A model directory of the three members, saved as export saves one."""
+def _save(parts, path: Path) -> Path:
+    """A model directory of the members, saved as export saves one."""
     from captioner import backbones, imagenet
     from captioner.backbones.registry import set_layer_weights
     from captioner.hub import write_manifest
@@ -92,12 +91,22 @@ def ensemble_dir(parts, tmp_path_factory) -> Path:
     original, configs, own, decoders, vocab = parts
     backbone = backbones.build(BACKBONE, weights=None)
     set_layer_weights(BACKBONE, backbone, {**original, **own[0]})
-    path = tmp_path_factory.mktemp("tuned_ensemble") / "model"
     save_model_dir(path, ImageCaptioner(backbone, decoders[0]), configs[0], vocab.to_json())
-    imagenet.save_stages(path, backbones.layer_weights(backbones.top(BACKBONE, max(STAGES), original)))
+    deepest = max(c.tuned_stages for c in configs)
+    imagenet.save_stages(path, backbones.layer_weights(backbones.top(BACKBONE, deepest, original)))
     save_ensemble(path, [Member(d, c, o) for d, c, o in zip(decoders[1:], configs[1:], own[1:], strict=True)])
     write_manifest(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def parts():
+    return _parts(STAGES)
+
+
+@pytest.fixture(scope="module")
+def ensemble_dir(parts, tmp_path_factory) -> Path:
+    return _save(parts, tmp_path_factory.mktemp("tuned_ensemble") / "model")
 
 
 @pytest.fixture(scope="module")
@@ -114,10 +123,11 @@ def _reference_grids(parts, pixels) -> list[np.ndarray]:
     stages (unfolded, BatchNorm as a layer) with the original weights for the rest."""
     from captioner import backbones
 
-    original, _, own, _, _ = parts
-    bottom, _ = backbones.split(BACKBONE, max(STAGES), original)
+    original, configs, own, _, _ = parts
+    deepest = max(c.tuned_stages for c in configs)
+    bottom, _ = backbones.split(BACKBONE, deepest, original)
     cut = bottom.predict_on_batch(pixels)
-    return [backbones.top(BACKBONE, max(STAGES), {**original, **o})(cut, training=False).numpy() for o in own]
+    return [backbones.top(BACKBONE, deepest, {**original, **o})(cut, training=False).numpy() for o in own]
 
 
 def _python_beam_search(decoders, grids, vocab, k: int, alpha: float, max_length: int) -> list[list[str]]:
@@ -176,6 +186,26 @@ def test_members_with_their_own_stages_decode_the_n_best_of_a_per_member_python_
         for i, caption in enumerate(captions):
             grids = [g[i] for g in reference]
             assert [h.tokens for h in caption.n_best] == _python_beam_search(decoders, grids, vocab, k, 0.7, 6)
+
+
+def test_an_untuned_first_member_s_grid_is_the_imagenet_one_that_untuned_members_read(tmp_path, pixels):
+    # Catches a pass cut for a further member's stages that runs ImageNet's stages twice, or feeds untuned members
+    # (or the ImageNet view) anything but the first member's grid, which is the ImageNet backbone's here.
+    from captioner.pipeline import Captioner
+
+    parts = _parts((0, 1, 0))
+    model = Captioner.load(str(_save(parts, tmp_path / "model")))
+    assert (model.stages, model.shared.slots) == (1, [0, 1, 0])
+    encoded = model.encode(list(pixels))
+    reference = _reference_grids(parts, pixels)
+    slots = np.split(encoded.features, 2, axis=-1)
+    for member, slot in enumerate(model.shared.slots):
+        np.testing.assert_allclose(slots[slot], reference[member], atol=1e-4 * np.abs(reference[member]).max())
+    np.testing.assert_allclose(encoded.seen, slots[0].mean(axis=(1, 2)), rtol=1e-5, atol=1e-6)
+    for k in (1, 3):
+        for i, caption in enumerate(model.decode(encoded, beam_size=k, length_penalty=0.7, block_repeats=False)):
+            expected = _python_beam_search(parts[3], [g[i] for g in reference], parts[4], k, 0.7, 6)
+            assert [h.tokens for h in caption.n_best] == expected
 
 
 def test_a_tuned_ensemble_saved_and_loaded_captions_exactly_as_the_members_in_memory(parts, ensemble_dir, pixels):
