@@ -77,7 +77,7 @@ class Encoded:
     features: np.ndarray
     images: np.ndarray  # (N, S, S, 3) uint8, the squashed backbone inputs (for overlays)
     # (N, C) float32: the pooled grid of the ImageNet backbone, what its ImageNet head and the familiarity check read
-    # (the pooled `features`, unless the top stages were fine-tuned: then their original weights' output)
+    # (the first member's pooled grid, unless it fine-tuned stages: then their original weights' output)
     seen: np.ndarray
 
 
