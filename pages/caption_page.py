@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 LOG = logging.getLogger("captioner.app")
 
 DISPLAY_SIDE = 800  # the photo kept per upload for display and overlays
+DISPLAY_QUALITY = 85  # JPEG quality of the photo as shown
 NON_JPEG_PIXELS = 50_000_000  # PNG, WebP… must be decoded whole (JPEGs decode at reduced scale): cap their memory
 HEATMAPS_BY_DEFAULT = 3  # batches up to this size open their attention heatmaps without a click
 FORMATS = "JPEG, PNG, WebP, BMP or GIF"
@@ -44,6 +45,7 @@ class Photo:
     name: str
     digest: str
     image: np.ndarray  # (H, W, 3) uint8, longest side ≤ DISPLAY_SIDE, EXIF-rotated
+    jpeg: bytes  # `image` as the page shows it, encoded once (st.image re-encoded an array on every rerun)
     encoded: Encoded  # one image
     original_size: tuple[int, int]  # (width, height) upright, at full resolution
     notes: list[str] = field(default_factory=list)
@@ -93,15 +95,16 @@ def read_photo(cap: Captioner, name: str, data: bytes, max_bytes: int | None = N
     if max_bytes is not None:
         check_size(name, len(data), max_bytes)
     notes, size = _inspect(name, data)
-    # One upload at a time per process: a big PNG briefly needs hundreds of MB, and sessions must not stack them.
-    with loader.model_lock():
+    with loader.decode_lock():
         pixels = cap.prepare(data, name)  # the same preprocessing as `captioner caption`
         image = viz.fit(features.load_image(data, name, longest=DISPLAY_SIDE), DISPLAY_SIDE)
+    jpeg = viz.to_jpeg(Image.fromarray(image), DISPLAY_QUALITY)
+    with loader.model_lock():
         encoded = cap.encode([pixels], [name])
     # Both read the features just computed: no second backbone pass.
     seen = cap.imagenet.top(encoded.seen)[0] if cap.imagenet is not None else []
     unfamiliar = cap.familiarity is not None and cap.familiarity.unfamiliar(encoded.seen)[0]
-    return Photo(name, digest(data), image, encoded, size, notes, seen, unfamiliar)
+    return Photo(name, digest(data), image, jpeg, encoded, size, notes, seen, unfamiliar)
 
 
 def _inspect(name: str, data: bytes) -> tuple[list[str], tuple[int, int]]:
@@ -382,7 +385,7 @@ def photo_ui(
             st.caption(f"ℹ️ {widgets.md_escape(name)}: {note}.")
         left, right = st.columns([2, 3])
         w, h = photo.original_size
-        left.image(photo.image, caption=f"{w}×{h} px" if w else None, output_format="JPEG")
+        left.image(photo.jpeg, caption=f"{w}×{h} px" if w else None)
         with right:
             g, b = st.columns(2)
             caption_card_ui(g, "Greedy", greedy)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import streamlit as st
+import threadpoolctl
 
 from captioner.errors import CaptionerError
 from pages import coldstart
@@ -24,7 +25,12 @@ LOG = logging.getLogger("captioner.app")
 
 MAX_BEAM = 10
 LOADING_MESSAGE = "Loading the captioning model (once per server start)…"
-_MODEL_LOCK = threading.RLock()  # this module is imported once per server process
+# This module is imported once per server process.
+_MODEL_LOCK = threading.RLock()
+_DECODE_LOCK = threading.Lock()
+# Sessions take turns at the model (model_lock), and one photo is a few small calls: with more than one thread per
+# pool, the idle threads spun between calls (docs/serving.md). An explicit setting in the environment wins.
+TF_THREADS = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
 
 
 def read_secrets() -> dict[str, Any]:
@@ -41,6 +47,7 @@ class ModelLoader:
     def __init__(self, secrets: Mapping[str, Any]):
         self._future: Future[Captioner] = Future()
         keep_keras_state_between_runs()
+        one_thread_per_pool()
         threading.Thread(target=self._load, args=(dict(secrets),), name="captioner-load", daemon=True).start()
 
     def _load(self, secrets: dict[str, Any]) -> None:
@@ -88,6 +95,14 @@ def keep_keras_state_between_runs() -> None:
     script_runner._clean_problem_modules = _close_pyplot_figures
 
 
+def one_thread_per_pool() -> None:
+    """TensorFlow's pools (read when TensorFlow starts) and numpy's BLAS get one thread each."""
+    for name, value in TF_THREADS.items():
+        os.environ.setdefault(name, value)
+    if "OPENBLAS_NUM_THREADS" not in os.environ:
+        threadpoolctl.threadpool_limits(1, user_api="blas")
+
+
 def _close_pyplot_figures() -> None:
     if "matplotlib.pyplot" in sys.modules:
         sys.modules["matplotlib.pyplot"].close("all")
@@ -100,8 +115,14 @@ def _model_loader(env_source: str | None, secret_source: str | None) -> ModelLoa
 
 
 def model_lock() -> threading.RLock:
-    """One lock per process around model calls and large decodes, so concurrent sessions queue, not pile up."""
+    """One lock per process around model calls, so concurrent sessions queue, not pile up."""
     return _MODEL_LOCK
+
+
+def decode_lock() -> threading.Lock:
+    """One upload decoded at a time per process: a big PNG briefly needs hundreds of MB, and sessions must not stack
+    them. Apart from the model lock, so one session's photo decodes while another's is encoded."""
+    return _DECODE_LOCK
 
 
 def model_loader() -> ModelLoader:

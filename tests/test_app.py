@@ -11,6 +11,7 @@ import contextlib
 import gc
 import io
 import json
+import os
 import runpy
 import struct
 import sys
@@ -539,6 +540,22 @@ def test_script_runs_leave_the_models_tensorflow_caches_alone(app_env, monkeypat
     _no_exceptions(at)
     assert "Captioned **1** of 1 file(s)." in _texts(at.markdown)
     assert cleared == []
+
+
+def test_the_server_gives_tensorflow_and_blas_one_thread_per_pool(monkeypatch):
+    # Sessions take turns at the model, so more threads per pool only spun between one photo's small calls.
+    import threadpoolctl
+
+    monkeypatch.setattr(os, "environ", {})
+    with threadpoolctl.threadpool_limits(None):  # whatever the loader sets is undone after the test
+        loader.one_thread_per_pool()
+        blas = [pool["num_threads"] for pool in threadpoolctl.threadpool_info() if pool["user_api"] == "blas"]
+        assert blas and set(blas) == {1}
+        assert all(os.environ[name] == "1" for name in loader.TF_THREADS)
+
+        os.environ["TF_NUM_INTRAOP_THREADS"] = "2"  # an operator's setting wins
+        loader.one_thread_per_pool()
+        assert os.environ["TF_NUM_INTRAOP_THREADS"] == "2"
 
 
 def _slider(at: AppTest, label: str):
