@@ -80,6 +80,33 @@ def cgroup_prefix(memory: str | None, cpus: float | None) -> tuple[list[str], li
     return ["sh", "-c", f'{join} && exec "$@"', "sh"], made
 
 
+def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
+    """CPU-seconds so far of each living thread of the server process: {tid: (name, seconds)}."""
+    ticks, out = os.sysconf("SC_CLK_TCK"), {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:  # the thread ended
+            continue
+        name, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2 :].split()
+        out[int(task.name)] = (name, (int(fields[11]) + int(fields[12])) / ticks)  # utime + stime
+    return out
+
+
+def by_thread(pid: int, before: dict, after: dict, total: float) -> dict[str, float]:
+    """Split `total` CPU-seconds: TensorFlow's pools, the server's event loop, and the rest (script runs and other
+    threads, including those that ended: each script run has its own thread)."""
+    split = {"TensorFlow pools": 0.0, "event loop (HTTP, websockets)": 0.0}
+    for tid, (name, cpu) in after.items():
+        used = cpu - before.get(tid, (name, 0.0))[1]
+        if tid == pid:
+            split["event loop (HTTP, websockets)"] += used
+        elif name.startswith("tf_"):
+            split["TensorFlow pools"] += used
+    split["script runs and the rest"] = total - sum(split.values())
+    return split
+
+
 class Start:
     """The moment every session's page is open and waiting: uploads start together, after all page loads."""
 
@@ -135,7 +162,7 @@ async def run_sessions(url: str, photos: list[Path], server_pid: int) -> tuple[l
     """Warm the server with one session, then run one session per photo concurrently.
 
     Returns the results, the server's CPU-seconds while the pages opened, and its CPU-seconds from the common
-    start of the uploads to the last heatmap.
+    start of the uploads to the last heatmap (with their split by thread).
     """
     from playwright.async_api import async_playwright
 
@@ -151,12 +178,12 @@ async def run_sessions(url: str, photos: list[Path], server_pid: int) -> tuple[l
         cpu0 = tree_cpu_seconds(server_pid)
         tasks = [asyncio.create_task(session(browser, url, ph, names - {ph.name}, start)) for ph in photos[:-1]]
         await start.all_open.wait()
-        cpu1 = tree_cpu_seconds(server_pid)
+        cpu1, threads1 = tree_cpu_seconds(server_pid), thread_cpu(server_pid)
         start.go.set()
         results = await asyncio.gather(*tasks)
-        cpu2 = tree_cpu_seconds(server_pid)
+        cpu2, threads2 = tree_cpu_seconds(server_pid), thread_cpu(server_pid)
         await browser.close()
-    return results, cpu1 - cpu0, cpu2 - cpu1
+    return results, cpu1 - cpu0, cpu2 - cpu1, by_thread(server_pid, threads1, threads2, cpu2 - cpu1)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -189,7 +216,7 @@ def main() -> int:
         try:
             wait_healthy(port, proc)
             sampler.start()
-            results, opening, cpu = asyncio.run(run_sessions(f"http://127.0.0.1:{port}", photos, proc.pid))
+            results, opening, cpu, split = asyncio.run(run_sessions(f"http://127.0.0.1:{port}", photos, proc.pid))
         finally:
             peak = max(sampler.stop() or [0]) if sampler.is_alive() else 0
             stop_server(proc)
@@ -214,6 +241,7 @@ def main() -> int:
     print(
         f"  server CPU {cpu:.1f} s = {cpu / max(1, args.sessions):.2f} CPU-s per photo; peak RSS {peak / 2**20:.0f} MB"
     )
+    print("  per photo: " + ", ".join(f"{k} {v / max(1, args.sessions):.3f}" for k, v in split.items()))
     print(f"  (opening the pages before: {opening / max(1, args.sessions):.2f} server CPU-s per session)")
     return 1 if errors or talk else 0
 
