@@ -94,15 +94,15 @@ def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
 
 
 def by_thread(pid: int, before: dict, after: dict, total: float) -> dict[str, float]:
-    """Split `total` CPU-seconds: TensorFlow's pools, the server's event loop, and the rest (script runs and other
-    threads, including those that ended: each script run has its own thread)."""
-    split = {"TensorFlow pools": 0.0, "event loop (HTTP, websockets)": 0.0}
+    """Split `total` CPU-seconds: TensorFlow's compute threads (tf_*), the event loop, and the rest (script runs, whose
+    threads end with them, TensorFlow's inter-op threads and any other thread)."""
+    split = {"TensorFlow compute threads": 0.0, "event loop (HTTP, websockets)": 0.0}
     for tid, (name, cpu) in after.items():
         used = cpu - before.get(tid, (name, 0.0))[1]
         if tid == pid:
             split["event loop (HTTP, websockets)"] += used
         elif name.startswith("tf_"):
-            split["TensorFlow pools"] += used
+            split["TensorFlow compute threads"] += used
     split["script runs and the rest"] = total - sum(split.values())
     return split
 
