@@ -161,8 +161,8 @@ async def session(browser, url: str, photo: Path, others: set[str], start: Start
 async def run_sessions(url: str, photos: list[Path], server_pid: int) -> tuple[list[dict], float, float]:
     """Warm the server with one session, then run one session per photo concurrently.
 
-    Returns the results, the server's CPU-seconds while the pages opened, and its CPU-seconds from the common
-    start of the uploads to the last heatmap (with their split by thread).
+    Returns the results, the server's CPU-seconds while the pages opened, and from the common start of the uploads
+    to the last heatmap, each split by thread.
     """
     from playwright.async_api import async_playwright
 
@@ -175,7 +175,7 @@ async def run_sessions(url: str, photos: list[Path], server_pid: int) -> tuple[l
             raise RuntimeError(f"warm-up session failed: {warm['error']}")
         start = Start(len(photos) - 1)
         names = {p.name for p in photos[:-1]}
-        cpu0 = tree_cpu_seconds(server_pid)
+        cpu0, threads0 = tree_cpu_seconds(server_pid), thread_cpu(server_pid)
         tasks = [asyncio.create_task(session(browser, url, ph, names - {ph.name}, start)) for ph in photos[:-1]]
         await start.all_open.wait()
         cpu1, threads1 = tree_cpu_seconds(server_pid), thread_cpu(server_pid)
@@ -183,7 +183,8 @@ async def run_sessions(url: str, photos: list[Path], server_pid: int) -> tuple[l
         results = await asyncio.gather(*tasks)
         cpu2, threads2 = tree_cpu_seconds(server_pid), thread_cpu(server_pid)
         await browser.close()
-    return results, cpu1 - cpu0, cpu2 - cpu1, by_thread(server_pid, threads1, threads2, cpu2 - cpu1)
+    opening = by_thread(server_pid, threads0, threads1, cpu1 - cpu0)
+    return results, opening, by_thread(server_pid, threads1, threads2, cpu2 - cpu1)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -216,7 +217,7 @@ def main() -> int:
         try:
             wait_healthy(port, proc)
             sampler.start()
-            results, opening, cpu, split = asyncio.run(run_sessions(f"http://127.0.0.1:{port}", photos, proc.pid))
+            results, opening, uploads = asyncio.run(run_sessions(f"http://127.0.0.1:{port}", photos, proc.pid))
         finally:
             peak = max(sampler.stop() or [0]) if sampler.is_alive() else 0
             stop_server(proc)
@@ -238,11 +239,11 @@ def main() -> int:
     print(f"  errors {len(errors)}, cross-talk {talk}")
     for r in errors:
         print(f"    {r['photo']}: {r['error']}")
-    print(
-        f"  server CPU {cpu:.1f} s = {cpu / max(1, args.sessions):.2f} CPU-s per photo; peak RSS {peak / 2**20:.0f} MB"
-    )
-    print("  per photo: " + ", ".join(f"{k} {v / max(1, args.sessions):.3f}" for k, v in split.items()))
-    print(f"  (opening the pages before: {opening / max(1, args.sessions):.2f} server CPU-s per session)")
+    n, cpu = max(1, args.sessions), sum(uploads.values())
+    print(f"  server CPU {cpu:.1f} s = {cpu / n:.2f} CPU-s per photo; peak RSS {peak / 2**20:.0f} MB")
+    print("  per photo: " + ", ".join(f"{k} {v / n:.3f}" for k, v in uploads.items()))
+    print(f"  (opening the pages before: {sum(opening.values()) / n:.2f} server CPU-s per session: "
+          + ", ".join(f"{k} {v / n:.3f}" for k, v in opening.items()) + ")")  # fmt: skip
     return 1 if errors or talk else 0
 
 
