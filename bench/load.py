@@ -93,6 +93,13 @@ def thread_cpu(pid: int) -> dict[int, tuple[str, float]]:
     return out
 
 
+def machine_cpu_seconds() -> tuple[float, float]:
+    """CPU-seconds the whole machine has spent busy and in all, from /proc/stat (every core, every process)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    ticks, idle = os.sysconf("SC_CLK_TCK"), fields[3] + fields[4]  # idle + iowait
+    return (sum(fields) - idle) / ticks, sum(fields) / ticks
+
+
 def by_thread(pid: int, before: dict, after: dict, total: float) -> dict[str, float]:
     """Split `total` CPU-seconds: TensorFlow's compute threads (tf_*), the event loop, and the rest (script runs, whose
     threads end with them, TensorFlow's inter-op threads and any other thread)."""
@@ -158,11 +165,11 @@ async def session(browser, url: str, photo: Path, others: set[str], start: Start
     return result
 
 
-async def run_sessions(url: str, photos: list[Path], server_pid: int) -> tuple[list[dict], float, float]:
+async def run_sessions(url: str, photos: list[Path], server_pid: int) -> tuple[list[dict], dict, dict, tuple]:
     """Warm the server with one session, then run one session per photo concurrently.
 
     Returns the results, the server's CPU-seconds while the pages opened, and from the common start of the uploads
-    to the last heatmap, each split by thread.
+    to the last heatmap, each split by thread; and the whole machine's busy and total CPU-seconds over the uploads.
     """
     from playwright.async_api import async_playwright
 
@@ -178,13 +185,14 @@ async def run_sessions(url: str, photos: list[Path], server_pid: int) -> tuple[l
         cpu0, threads0 = tree_cpu_seconds(server_pid), thread_cpu(server_pid)
         tasks = [asyncio.create_task(session(browser, url, ph, names - {ph.name}, start)) for ph in photos[:-1]]
         await start.all_open.wait()
-        cpu1, threads1 = tree_cpu_seconds(server_pid), thread_cpu(server_pid)
+        cpu1, threads1, machine1 = tree_cpu_seconds(server_pid), thread_cpu(server_pid), machine_cpu_seconds()
         start.go.set()
         results = await asyncio.gather(*tasks)
-        cpu2, threads2 = tree_cpu_seconds(server_pid), thread_cpu(server_pid)
+        cpu2, threads2, machine2 = tree_cpu_seconds(server_pid), thread_cpu(server_pid), machine_cpu_seconds()
         await browser.close()
     opening = by_thread(server_pid, threads0, threads1, cpu1 - cpu0)
-    return results, opening, by_thread(server_pid, threads1, threads2, cpu2 - cpu1)
+    machine = (machine2[0] - machine1[0], machine2[1] - machine1[1])
+    return results, opening, by_thread(server_pid, threads1, threads2, cpu2 - cpu1), machine
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -217,7 +225,7 @@ def main() -> int:
         try:
             wait_healthy(port, proc)
             sampler.start()
-            results, opening, uploads = asyncio.run(run_sessions(f"http://127.0.0.1:{port}", photos, proc.pid))
+            results, opening, uploads, machine = asyncio.run(run_sessions(f"http://127.0.0.1:{port}", photos, proc.pid))
         finally:
             peak = max(sampler.stop() or [0]) if sampler.is_alive() else 0
             stop_server(proc)
@@ -242,6 +250,9 @@ def main() -> int:
     n, cpu = max(1, args.sessions), sum(uploads.values())
     print(f"  server CPU {cpu:.1f} s = {cpu / n:.2f} CPU-s per photo; peak RSS {peak / 2**20:.0f} MB")
     print("  per photo: " + ", ".join(f"{k} {v / n:.3f}" for k, v in uploads.items()))
+    busy, total = machine
+    print(f"  the machine over the uploads: {busy:.1f} of {total:.1f} CPU-s busy ({100 * busy / total:.0f} %), "
+          f"{busy - cpu:.1f} of them outside the server (the browsers)")  # fmt: skip
     print(f"  (opening the pages before: {sum(opening.values()) / n:.2f} server CPU-s per session: "
           + ", ".join(f"{k} {v / n:.3f}" for k, v in opening.items()) + ")")  # fmt: skip
     return 1 if errors or talk else 0
