@@ -19,9 +19,9 @@ if TYPE_CHECKING:
     from captioner.pipeline import Captioner, Decoding, Encoded
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
-# Images per model call: enough to amortise the backbone's and the searches' per-call cost, few enough that a crash
-# loses little work in flight. `bench/batch.py --sweep 8,32` measures it against its neighbours.
-DEFAULT_BATCH = 16
+# Images per model call: on 2 cores, 8 / 16 / 32 gave 2.4x / 2.9-3.0x / 3.1-3.2x the per-file loop's images/s
+# (`bench/batch.py --sweep`, docs/photo-library.md); a crash loses at most the batch in flight, under a second here.
+DEFAULT_BATCH = 32
 _GLOB_CHARS = frozenset("*?[")
 
 
