@@ -28,19 +28,20 @@ def test_the_bundled_model_carries_its_imagenet_head_and_calibration_under_its_m
     assert head.kernel.shape == (1280, 1000) and head.labels[0] == "tench" and head.labels[281] == "tabby"
 
 
-def test_the_bundled_head_over_the_pooled_grid_reproduces_the_reference_imagenet_logits():
-    # Catches a head taken from the wrong layer, pooled wrongly, or sliced from a different backbone than captions use.
+def test_the_bundled_head_over_the_imagenet_view_reproduces_the_reference_imagenet_logits():
+    # Catches a head taken from the wrong layer, pooled wrongly, sliced from a different backbone than captions use,
+    # or read from the fine-tuned stages' grid instead of the original ImageNet stages'.
     needs_shared(REFERENCE)
     from captioner.pipeline import Captioner
 
     cap = Captioner.from_directory(paths.BUNDLED_MODEL_DIR)
     ref = np.load(REFERENCE)
     encoded = cap.encode(list(ref["lite2_input_uint8"]))  # the reference's own 260×260 inputs
-    logits = cap.imagenet.logits(encoded.features)
+    logits = cap.imagenet.logits(encoded.seen)
     np.testing.assert_allclose(logits, ref["lite2_logits"], atol=0.15)
     assert (logits.argmax(1) == ref["lite2_logits"].argmax(1)).all()
     cat = list(ref["photos"]).index("cat.png")
-    assert cap.imagenet.top(encoded.features[cat : cat + 1])[0][0].label == "Egyptian cat"
+    assert cap.imagenet.top(encoded.seen[cat : cat + 1])[0][0].label == "Egyptian cat"
 
 
 def test_top_classes_are_sorted_probabilities_that_sum_to_at_most_one():
