@@ -332,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--init-from",
         metavar="MODEL_DIR",
         default=TRAIN.init_from or None,
-        help="start from this model directory's vocabulary, config and decoder (e.g. assets/model)",
+        help="start from this model directory's vocabulary, config, decoder and fine-tuned stages (e.g. assets/model)",
     )
     p.set_defaults(handler=_train)
 

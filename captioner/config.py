@@ -89,4 +89,4 @@ class TrainConfig:
     # entering them, at this fraction of the decoder's learning rate; the self-critical phase keeps them fixed.
     tune_stages: int = 0
     backbone_lr_scale: float = 0.1
-    init_from: str = ""  # a model directory whose vocabulary, config and decoder weights the run starts from
+    init_from: str = ""  # a model directory whose vocabulary, config, decoder and stages the run starts from

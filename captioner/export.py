@@ -20,9 +20,9 @@ from captioner.files import (
     WEIGHTS_FILE,
     write_atomic,
 )
-from captioner.model import SHARED_FIELDS, CaptionDecoder, ModelConfig, build_decoder, load_decoder, read_weights
+from captioner.model import SHARED_FIELDS, CaptionDecoder, ModelConfig, build_decoder, load_decoder
 from captioner.text import Vocabulary
-from captioner.train import BEST_TOP_WEIGHTS, BEST_WEIGHTS
+from captioner.train import BEST_WEIGHTS, tuned_layers
 
 
 def export_run(run_dir: Path, out: Path, data: Flickr8k | None = None, log=print, members: Sequence[Path] = ()) -> Path:
@@ -50,8 +50,8 @@ def export_run(run_dir: Path, out: Path, data: Flickr8k | None = None, log=print
             raise ModelError(
                 f"{member_dir} differs from {run_dir} in {', '.join(differs)}; members share one backbone."
             )
-        extra.append(Member(member, member_config, _tuned_layers(member_dir, member_config, original)))
-    for name, arrays in _tuned_layers(run_dir, config, original).items():
+        extra.append(Member(member, member_config, tuned_layers(member_dir, member_config, original)))
+    for name, arrays in tuned_layers(run_dir, config, original).items():
         backbone.get_layer(name).set_weights(arrays)
     save_model_dir(out, ImageCaptioner(backbone, decoder), config, vocab.to_json())
     stale = [
@@ -90,35 +90,6 @@ def write_card(model_dir: Path) -> Path:
     write_atomic(model_dir / CARD_FILE, hub.model_card(model_dir))
     hub.write_manifest(model_dir)
     return model_dir
-
-
-def _tuned_layers(run_dir: Path, config: ModelConfig, original: dict) -> dict[str, list]:
-    """The layers of a run's (or model directory's) fine-tuned top stages by name; empty if it tuned none.
-
-    `original`: the ImageNet backbone's layer weights, which the stages start from and must fit.
-    """
-    from captioner import backbones
-    from captioner.backbones.registry import fitting
-
-    if not config.tuned_stages:
-        return {}
-    top = backbones.top(config.backbone, config.tuned_stages, original)
-    if (run_dir / BEST_WEIGHTS).is_file():  # a training run keeps its best stages beside its best decoder
-        if not (run_dir / BEST_TOP_WEIGHTS).is_file():
-            raise ModelError(
-                f"{run_dir} fine-tuned {config.tuned_stages} backbone stage(s) but holds no {BEST_TOP_WEIGHTS}: "
-                "export it from its training run directory."
-            )
-        top.load_weights(run_dir / BEST_TOP_WEIGHTS)
-    else:  # a model directory: the stages inside its backbone
-        saved = read_weights(run_dir / WEIGHTS_FILE).get("backbone", {})
-        for layer in top.layers:
-            if layer.weights:
-                if layer.name not in saved:
-                    raise ModelError(f"{run_dir / WEIGHTS_FILE} lacks the fine-tuned backbone layer {layer.name}.")
-                with fitting(config.backbone, layer.name):
-                    layer.set_weights(saved[layer.name])
-    return backbones.layer_weights(top)
 
 
 def _best_decoder(run_dir: Path) -> tuple[ModelConfig, Vocabulary, CaptionDecoder]:

@@ -15,14 +15,15 @@ import tensorflow as tf
 
 from captioner import backbones, glove
 from captioner.augment import flipped_ids
+from captioner.backbones.registry import fitting
 from captioner.config import ModelConfig, TrainConfig
 from captioner.data import Flickr8k
 from captioner.decode import BeamSearch, emittable_words
-from captioner.errors import DataError
+from captioner.errors import DataError, ModelError
 from captioner.features import FeatureCache
 from captioner.files import CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE
 from captioner.metrics import CiderD, corpus_bleu, sentence_bleu, tokenize
-from captioner.model import build_decoder, load_decoder
+from captioner.model import build_decoder, load_decoder, read_weights
 from captioner.text import Vocabulary, clean_tokens, length_for_coverage, length_report
 
 CAPTIONS_PER_IMAGE = 5
@@ -403,6 +404,32 @@ class PreparedRun:
         )
 
 
+def tuned_layers(run_dir: Path, config: ModelConfig, original: dict) -> dict[str, list]:
+    """The layers of a run's (or model directory's) fine-tuned top stages by name; empty if it tuned none.
+
+    `original`: the ImageNet backbone's layer weights, which the stages start from and must fit.
+    """
+    if not config.tuned_stages:
+        return {}
+    top = backbones.top(config.backbone, config.tuned_stages, original)
+    if (run_dir / BEST_WEIGHTS).is_file():  # a training run keeps its best stages beside its best decoder
+        if not (run_dir / BEST_TOP_WEIGHTS).is_file():
+            raise ModelError(
+                f"{run_dir} fine-tuned {config.tuned_stages} backbone stage(s) but holds no {BEST_TOP_WEIGHTS}: "
+                "export it from its training run directory."
+            )
+        top.load_weights(run_dir / BEST_TOP_WEIGHTS)
+    else:  # a model directory: the stages inside its backbone
+        saved = read_weights(run_dir / WEIGHTS_FILE).get("backbone", {})
+        for layer in top.layers:
+            if layer.weights:
+                if layer.name not in saved:
+                    raise ModelError(f"{run_dir / WEIGHTS_FILE} lacks the fine-tuned backbone layer {layer.name}.")
+                with fitting(config.backbone, layer.name):
+                    layer.set_weights(saved[layer.name])
+    return backbones.layer_weights(top)
+
+
 def prepare_run(
     data: Flickr8k,
     cache: FeatureCache,
@@ -416,7 +443,8 @@ def prepare_run(
 
     `mirrored_cache` (the features of the mirrored images) is needed when `train_config.flip_probability` > 0. With
     `train_config.tune_stages`, both caches hold the activation entering those stages (`features --tune-stages`).
-    With `train_config.init_from`, a new run takes that model directory's vocabulary, config and decoder weights.
+    With `train_config.init_from`, a new run takes that model directory's vocabulary, config, decoder
+    weights and fine-tuned stages (it may have tuned fewer stages than this run).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     train_names, dev_names = data.images("train"), data.images("dev")
@@ -425,7 +453,7 @@ def prepare_run(
         if c is not None and c.manifest.get("stages", 0) != stages:
             raise DataError(f"Feature cache {c.path} was not cut for {stages} fine-tuned stages; "
                             f"run `captioner features --tune-stages {stages}`.")  # fmt: skip
-    top = backbones.top(backbone, stages, backbones.layer_weights(backbones.build(backbone))) if stages else None
+    top_weights = backbones.layer_weights(backbones.build(backbone)) if stages else {}
     init = Path(train_config.init_from) if train_config.init_from else None
     resumed = (run_dir / VOCAB_FILE).is_file()
     if resumed:
@@ -434,16 +462,21 @@ def prepare_run(
     elif init is not None:
         vocab = Vocabulary.load(init / VOCAB_FILE)
         start = ModelConfig.load(init / CONFIG_FILE)
-        model_config = dataclasses.replace(start, tuned_stages=stages)  # the top starts from ImageNet's weights
-        if start.backbone != backbone or start.tuned_stages:
-            raise DataError(f"{init} must be a model of the untuned {backbone} backbone to start this run from.")
+        if start.backbone != backbone or start.tuned_stages > stages:
+            raise DataError(
+                f"{init} must be a model of the {backbone} backbone with at most {stages} fine-tuned stage(s) "
+                "to start this run from."
+            )
+        model_config = dataclasses.replace(start, tuned_stages=stages)
+        # the stages it tuned start from its weights, any further ones from ImageNet's
+        top_weights = {**top_weights, **tuned_layers(init, start, top_weights)}
     else:
         train_caps = [c for n in train_names for c in data.captions[n]]
         vocab = Vocabulary.build(train_caps, train_config.min_count)
         lengths = [len(clean_tokens(c)) for c in train_caps]
         log(length_report(lengths))
         max_length = length_for_coverage(lengths, train_config.coverage)
-        grids = cache.features.shape if top is None else top.output_shape  # (N, H, W, C)
+        grids = backbones.top(backbone, stages, top_weights).output_shape if stages else cache.features.shape
         model_config = ModelConfig(
             backbone=backbone, image_size=cache.manifest["input_size"], grid=(int(grids[1]), int(grids[2])),
             feature_channels=int(grids[3]), vocab_size=len(vocab), max_length=max_length, tuned_stages=stages,
@@ -454,6 +487,7 @@ def prepare_run(
         (run_dir / CONFIG_FILE).write_text(model_config.to_json())
         (run_dir / "train.json").write_text(json.dumps(dataclasses.asdict(train_config), indent=2))
     log(f"vocabulary {len(vocab)} words (min count {train_config.min_count}); max length {model_config.max_length}")
+    top = backbones.top(backbone, stages, top_weights) if stages else None
     trainer = Trainer(run_dir, model_config, train_config, vocab, len(train_names), top)
     if init is not None and not trainer.manager.latest_checkpoint:  # a resumed run restores its own weights
         trainer.decoder.set_weights(load_decoder(model_config, init / WEIGHTS_FILE).get_weights())

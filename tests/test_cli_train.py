@@ -110,7 +110,7 @@ def test_train_defaults_are_the_config_dataclasses_which_hold_the_bundled_recipe
     }
 
 
-def test_fine_tuned_stages_train_export_and_load_to_the_run_s_own_captions(tmp_path, tiny_dataset):
+def test_fine_tuned_stages_train_export_load_and_start_a_run_that_tunes_more(tmp_path, tiny_dataset, capsys):
     from conftest import needs_module
 
     from captioner.decode import BeamSearch
@@ -159,3 +159,22 @@ def test_fine_tuned_stages_train_export_and_load_to_the_run_s_own_captions(tmp_p
     original = backbones.top("efficientnet_lite0", 1, imagenet)(cut, training=False).numpy().mean(axis=(1, 2))
     np.testing.assert_allclose(encoded.seen, original, atol=2e-3 * np.abs(original).max())  # float16 stages
     assert not np.allclose(encoded.seen, encoded.features.mean(axis=(1, 2)), atol=1e-3 * np.abs(original).max())
+
+    # A run that tunes two stages from this model starts from its tuned last stage and ImageNet's stage before it
+    # (a zero learning rate keeps the weights it started from, which its first epoch saves as the best).
+    more = tmp_path / "more"
+    common[-1] = "2"
+    assert cli.main(["features", *common]) == 0
+    assert cli.main([*train[:-4], "--run", str(more), "--init-from", str(out), "--tune-stages", "2", "--epochs", "1",
+                     "--lr", "0", "--scst-epochs", "0"]) == 0  # fmt: skip
+    started = backbones.top("efficientnet_lite0", 2, imagenet)
+    started.load_weights(more / "best_top.weights.h5")
+    last_stage = {layer.name for layer in backbones.top("efficientnet_lite0", 1, imagenet).layers if layer.weights}
+    for name, arrays in backbones.layer_weights(started).items():
+        want = saved[name] if name in last_stage else imagenet[name]
+        for got, expected in zip(arrays, want, strict=True):
+            np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3)
+    assert ModelConfig.load(more / "config.json").tuned_stages == 2
+    assert cli.main([*train[:-4], "--run", str(tmp_path / "fewer"), "--init-from", str(more), "--tune-stages",
+                     "1", "--epochs", "1"]) == 2  # fmt: skip
+    assert "with at most 1 fine-tuned stage(s)" in capsys.readouterr().err
