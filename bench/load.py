@@ -6,7 +6,8 @@ browser sessions and, once every page is open, has them upload their photos toge
 from the upload to both captions on screen and to the attention heatmap, errors, cross-talk (a page showing another
 session's photo), the server's CPU-seconds per photo (from the common start to the last heatmap; opening the pages
 is reported apart) and its peak RSS. Exits 1 on any error or cross-talk. The browsers share the machine's CPUs
-with the server.
+with the server: their CPU-seconds are printed too, with the floor that server and browsers together set on the time
+to the last heatmap.
 
     python bench/load.py                                  # 16 sessions, ../shared/photos + bundled examples
     python bench/load.py --sessions 32
@@ -35,6 +36,7 @@ from streamlit_server import CHROMIUM, CHROMIUM_ARGS, free_port, start_server, s
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 TIMEOUT_MS = 300_000
+VIEWPORT = {"width": 1400, "height": 2400}
 
 
 def photos_for(count: int, folder: Path) -> list[Path]:
@@ -129,9 +131,11 @@ class Start:
         await self.go.wait()
 
 
-async def session(browser, url: str, photo: Path, others: set[str], start: Start) -> dict:
-    """One fresh browser session: upload `photo`, time captions and heatmap, look for errors and cross-talk."""
-    context = await browser.new_context(viewport={"width": 1400, "height": 2400})
+async def session(context, url: str, photo: Path, others: set[str], start: Start) -> dict:
+    """One fresh browser session: upload `photo`, time captions and heatmap, look for errors and cross-talk.
+
+    The caller closes `context` (after measuring: a closed context's renderer process is gone, and its CPU with it).
+    """
     page = await context.new_page()
     page.set_default_timeout(TIMEOUT_MS)
     result = {"photo": photo.name, "error": None, "cross_talk": False}
@@ -160,8 +164,6 @@ async def session(browser, url: str, photo: Path, others: set[str], start: Start
         result["error"] = f"{type(e).__name__}: {str(e).splitlines()[0]}"
         if not arrived:
             await start.arrive()  # so the others do not wait for it
-    finally:
-        await context.close()
     return result
 
 
@@ -169,30 +171,42 @@ async def run_sessions(url: str, photos: list[Path], server_pid: int) -> tuple[l
     """Warm the server with one session, then run one session per photo concurrently.
 
     Returns the results, the server's CPU-seconds while the pages opened, and from the common start of the uploads
-    to the last heatmap, each split by thread; and the whole machine's busy and total CPU-seconds over the uploads.
+    to the last heatmap, each split by thread; the CPU-seconds of the clients (Chromium, Playwright) over the uploads;
+    and the whole machine's busy and total CPU-seconds over the uploads.
     """
     from playwright.async_api import async_playwright
+
+    def clients_cpu() -> float:  # this process's tree holds the server, Playwright's driver and Chromium
+        return tree_cpu_seconds(os.getpid()) - tree_cpu_seconds(server_pid)
 
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         warm_start = Start(1)
         warm_start.go.set()
-        warm = await session(browser, url, photos[-1], set(), warm_start)  # loads the model; not counted
+        warm_context = await browser.new_context(viewport=VIEWPORT)
+        warm = await session(warm_context, url, photos[-1], set(), warm_start)  # loads the model; not counted
+        await warm_context.close()
         if warm["error"]:
             raise RuntimeError(f"warm-up session failed: {warm['error']}")
         start = Start(len(photos) - 1)
         names = {p.name for p in photos[:-1]}
+        contexts = [await browser.new_context(viewport=VIEWPORT) for _ in photos[:-1]]
         cpu0, threads0 = tree_cpu_seconds(server_pid), thread_cpu(server_pid)
-        tasks = [asyncio.create_task(session(browser, url, ph, names - {ph.name}, start)) for ph in photos[:-1]]
+        tasks = [
+            asyncio.create_task(session(c, url, ph, names - {ph.name}, start))
+            for c, ph in zip(contexts, photos[:-1], strict=True)
+        ]
         await start.all_open.wait()
         cpu1, threads1, machine1 = tree_cpu_seconds(server_pid), thread_cpu(server_pid), machine_cpu_seconds()
+        clients1 = clients_cpu()
         start.go.set()
         results = await asyncio.gather(*tasks)
         cpu2, threads2, machine2 = tree_cpu_seconds(server_pid), thread_cpu(server_pid), machine_cpu_seconds()
+        clients = clients_cpu() - clients1
         await browser.close()
     opening = by_thread(server_pid, threads0, threads1, cpu1 - cpu0)
     machine = (machine2[0] - machine1[0], machine2[1] - machine1[1])
-    return results, opening, by_thread(server_pid, threads1, threads2, cpu2 - cpu1), machine
+    return results, opening, by_thread(server_pid, threads1, threads2, cpu2 - cpu1), clients, machine
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -225,7 +239,9 @@ def main() -> int:
         try:
             wait_healthy(port, proc)
             sampler.start()
-            results, opening, uploads, machine = asyncio.run(run_sessions(f"http://127.0.0.1:{port}", photos, proc.pid))
+            results, opening, uploads, clients, machine = asyncio.run(
+                run_sessions(f"http://127.0.0.1:{port}", photos, proc.pid)
+            )
         finally:
             peak = max(sampler.stop() or [0]) if sampler.is_alive() else 0
             stop_server(proc)
@@ -251,8 +267,11 @@ def main() -> int:
     print(f"  server CPU {cpu:.1f} s = {cpu / n:.2f} CPU-s per photo; peak RSS {peak / 2**20:.0f} MB")
     print("  per photo: " + ", ".join(f"{k} {v / n:.3f}" for k, v in uploads.items()))
     busy, total = machine
-    print(f"  the machine over the uploads: {busy:.1f} of {total:.1f} CPU-s busy ({100 * busy / total:.0f} %), "
-          f"{busy - cpu:.1f} of them outside the server (the browsers)")  # fmt: skip
+    print(f"  the machine over the uploads: {busy:.1f} of {total:.1f} CPU-s busy ({100 * busy / total:.0f} %); "
+          f"the browsers (Chromium and Playwright) {clients:.1f} CPU-s = {clients / n:.2f} per session")  # fmt: skip
+    cores = len(os.sched_getaffinity(0))
+    print(f"  CPU floor: server + browsers need {(cpu + clients) / cores:.1f} s of this machine's {cores} cores "
+          "before the last heatmap can be on screen")  # fmt: skip
     print(f"  (opening the pages before: {sum(opening.values()) / n:.2f} server CPU-s per session: "
           + ", ".join(f"{k} {v / n:.3f}" for k, v in opening.items()) + ")")  # fmt: skip
     return 1 if errors or talk else 0
