@@ -62,7 +62,8 @@ def _train(args: argparse.Namespace) -> int:
     from captioner import backbones
     from captioner.data import load_flickr8k
     from captioner.features import open_cache
-    from captioner.train import BEST_WEIGHTS, prepare_run
+    from captioner.files import BEST_WEIGHTS
+    from captioner.run_setup import prepare_run
 
     data = load_flickr8k(args.data)
     size = backbones.get(args.backbone).input_size

@@ -10,6 +10,7 @@ from captioner import hub, imagenet
 from captioner.data import Flickr8k
 from captioner.errors import ModelError
 from captioner.files import (
+    BEST_WEIGHTS,
     CARD_FILE,
     CONFIG_FILE,
     ENSEMBLE_FILE,
@@ -21,8 +22,8 @@ from captioner.files import (
     write_atomic,
 )
 from captioner.model import SHARED_FIELDS, CaptionDecoder, ModelConfig, build_decoder, load_decoder
+from captioner.run_setup import tuned_layers
 from captioner.text import Vocabulary
-from captioner.train import BEST_WEIGHTS, tuned_layers
 
 
 def export_run(run_dir: Path, out: Path, data: Flickr8k | None = None, log=print, members: Sequence[Path] = ()) -> Path:

@@ -23,6 +23,8 @@ REQUIRED_FILES = (CONFIG_FILE, VOCAB_FILE, WEIGHTS_FILE)  # what loading a model
 MODEL_FILES = (*REQUIRED_FILES, METRICS_FILE, CARD_FILE, MANIFEST_FILE)  # every model directory's files
 IMAGENET_HEAD_FILE, IMAGENET_LABELS_FILE = "imagenet_head.npz", "imagenet_labels.txt"  # captioner.imagenet
 IMAGENET_STAGES_FILE = "imagenet_stages.npz"  # a fine-tuned backbone's original top stages, for the ImageNet view
+# a training run directory's best weights so far: the decoder's and, with fine-tuning, its top stages'
+BEST_WEIGHTS, BEST_TOP_WEIGHTS = "best.weights.h5", "best_top.weights.h5"
 FAMILIARITY_FILE = "familiarity.npz"  # captioner.familiarity
 # The files some models add: an ensemble's members, the backbone's ImageNet head (and original stages), the
 # familiarity calibration.

@@ -13,8 +13,9 @@ from captioner.config import ModelConfig, TrainConfig
 from captioner.data import Flickr8k
 from captioner.decode import BeamSearch
 from captioner.features import extract_features
+from captioner.run_setup import caption_tokens
 from captioner.text import Vocabulary
-from captioner.train import Mirrored, Trainer, caption_tokens
+from captioner.train import Mirrored, Trainer
 
 
 @pytest.mark.parametrize(

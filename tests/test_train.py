@@ -9,8 +9,9 @@ from captioner.config import ModelConfig
 from captioner.data import Flickr8k
 from captioner.decode import BeamSearch
 from captioner.metrics import sentence_bleu
+from captioner.run_setup import caption_tokens
 from captioner.text import Vocabulary
-from captioner.train import CaptionReward, TrainConfig, Trainer, caption_tokens, length_batches
+from captioner.train import CaptionReward, TrainConfig, Trainer, length_batches
 
 CAPTIONS = {
     "a.jpg": "a dog runs on the grass",
