@@ -13,7 +13,7 @@ import numpy as np
 from keras import ops
 
 from captioner.config import ModelConfig
-from captioner.errors import ModelError
+from captioner.errors import BackboneError, ModelError
 from captioner.files import (
     CONFIG_FILE,
     ENSEMBLE_FILE,
@@ -294,7 +294,7 @@ def load_member(weights_file: str | Path, config: ModelConfig) -> Member:
     """A further member from its weights file: the decoder, and its own fine-tuned stages if its config has some.
 
     Raises:
-        ModelError: the file does not fit the config, or carries stages its config does not have (or the reverse).
+        ModelError: the file does not fit the config, or carries other stages than its config says it fine-tuned.
     """
     weights = read_weights(weights_file)
     decoder = load_decoder(config, weights_file, weights)
@@ -306,6 +306,20 @@ def load_member(weights_file: str | Path, config: ModelConfig) -> Member:
         raise ModelError(
             f"{weights_file} holds {held}, but its member config has {config.tuned_stages} fine-tuned stage(s)."
         )
+    if stages:
+        from captioner import backbones
+
+        try:
+            top = backbones.top(config.backbone, config.tuned_stages, stages)
+        except BackboneError as e:
+            raise ModelError(
+                f"{weights_file} lacks the {config.tuned_stages} fine-tuned stage(s) its member config has: {e}"
+            ) from e
+        if extra := sorted(set(stages) - {layer.name for layer in top.layers if layer.weights}):
+            raise ModelError(
+                f"{weights_file} holds backbone layers {extra[:3]} beyond the {config.tuned_stages} fine-tuned "
+                "stage(s) its member config has."
+            )
     return Member(decoder, config, stages)
 
 

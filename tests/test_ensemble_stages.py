@@ -259,10 +259,13 @@ def test_a_tampered_member_stage_file_is_refused(ensemble_dir, tmp_path):
     [
         (lambda e: e["members"][0]["config"].update(tuned_stages=0), "holds 32 backbone layers"),
         (lambda e: e["members"][1]["config"].update(tuned_stages=1), "no backbone layers"),
+        (lambda e: e["members"][0]["config"].update(tuned_stages=1), r"beyond the 1 fine-tuned stage\(s\)"),
+        (lambda e: e["members"][0]["config"].update(tuned_stages=3), r"lacks the 3 fine-tuned stage\(s\)"),
     ],
 )
 def test_member_stages_that_disagree_with_its_config_are_refused(ensemble_dir, tmp_path, edit, message):
-    # Catches a member's stages silently ignored, or a member said to be fine-tuned decoding over ImageNet's stages.
+    # Catches a member's stages silently ignored or cut short, or a member said to be fine-tuned decoding over
+    # ImageNet's stages.
     from captioner.hub import write_manifest
     from captioner.pipeline import Captioner
 
