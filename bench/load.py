@@ -13,6 +13,7 @@ to the last heatmap.
     python bench/load.py --sessions 32
     python bench/load.py --sessions 1 --taskset 0         # the server on one core
     python bench/load.py --sessions 4 --memory 700M --cpus 1     # Community Cloud's lower bound (needs root)
+    python bench/load.py --page minimal                   # the browsers' baseline: a page without a model
 """
 
 from __future__ import annotations
@@ -216,6 +217,12 @@ def percentile(values: list[float], q: float) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=16)
+    parser.add_argument(
+        "--page",
+        choices=["app", "minimal"],
+        default="app",
+        help="minimal: bench/minimal_page.py, the browsers' baseline (the same texts and images, no model)",
+    )
     parser.add_argument("--model", help="CAPTIONER_MODEL for the server (default: the bundled model)")
     parser.add_argument("--taskset", help="pin the server to these CPUs (taskset -c LIST)")
     parser.add_argument("--memory", help="cap the server's memory in a cgroup, e.g. 700M or 2.7G (root)")
@@ -234,7 +241,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="captioner-load-") as tmp:
         photos = photos_for(args.sessions + 1, Path(tmp))
         port = free_port()
-        proc = start_server(env, port, Path(tmp) / "streamlit.log", prefix=prefix)
+        script = "app.py" if args.page == "app" else "bench/minimal_page.py"
+        proc = start_server(env, port, Path(tmp) / "streamlit.log", prefix=prefix, script=script)
         sampler = Sampler(proc.pid)
         try:
             wait_healthy(port, proc)
@@ -254,7 +262,8 @@ def main() -> int:
     where = " ".join(
         f"{k} {v}" for k, v in (("taskset", args.taskset), ("memory", args.memory), ("cpus", args.cpus)) if v
     )
-    print(f"{args.sessions} concurrent sessions{' (' + where + ')' if where else ''}")
+    page = "" if args.page == "app" else ", the minimal page"
+    print(f"{args.sessions} concurrent sessions{page}{' (' + where + ')' if where else ''}")
     for label, xs in (("to captions", caps), ("to heatmap", heats)):
         if xs:
             print(

@@ -32,12 +32,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(env: dict[str, str], port: int, log: Path, prefix: list[str] | None = None) -> subprocess.Popen:
-    """`streamlit run app.py` on 127.0.0.1:port, headless, in its own process group, output to `log`.
+def start_server(
+    env: dict[str, str], port: int, log: Path, prefix: list[str] | None = None, script: str = "app.py"
+) -> subprocess.Popen:
+    """`streamlit run app.py` (or another `script` of the repository) on 127.0.0.1:port, headless, in its own process
+    group, output to `log`.
 
     `prefix` goes before the command (e.g. `taskset -c 0`, or a shell that joins a cgroup and execs the rest).
     """
-    cmd = [*(prefix or []), sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+    cmd = [*(prefix or []), sys.executable, "-m", "streamlit", "run", script, "--server.port", str(port),
            "--server.address", "127.0.0.1", "--server.headless", "true", "--browser.gatherUsageStats", "false",
            "--server.fileWatcherType", "none"]  # fmt: skip
     with open(log, "wb") as out:
