@@ -308,6 +308,7 @@ def load_member(weights_file: str | Path, config: ModelConfig) -> Member:
         )
     if stages:
         from captioner import backbones
+        from captioner.backbones.registry import check_layer_names
 
         try:
             top = backbones.top(config.backbone, config.tuned_stages, stages)
@@ -315,11 +316,13 @@ def load_member(weights_file: str | Path, config: ModelConfig) -> Member:
             raise ModelError(
                 f"{weights_file} lacks the {config.tuned_stages} fine-tuned stage(s) its member config has: {e}"
             ) from e
-        if extra := sorted(set(stages) - {layer.name for layer in top.layers if layer.weights}):
+        try:
+            check_layer_names(config.backbone, stages, {layer.name for layer in top.layers if layer.weights})
+        except BackboneError as e:
             raise ModelError(
-                f"{weights_file} holds backbone layers {extra[:3]} beyond the {config.tuned_stages} fine-tuned "
-                "stage(s) its member config has."
-            )
+                f"{weights_file} holds backbone layers beyond the {config.tuned_stages} fine-tuned stage(s) its "
+                f"member config has: {e}"
+            ) from e
     return Member(decoder, config, stages)
 
 

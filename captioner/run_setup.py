@@ -113,30 +113,32 @@ def prepare_run(
         if c is not None and c.manifest.get("stages", 0) != stages:
             raise DataError(f"Feature cache {c.path} was not cut for {stages} fine-tuned stages; "
                             f"run `captioner features --tune-stages {stages}`.")  # fmt: skip
-    top_weights = backbones.layer_weights(backbones.build(backbone)) if stages else {}
     init = Path(train_config.init_from) if train_config.init_from else None
     resumed = (run_dir / VOCAB_FILE).is_file()
-    if resumed:
-        vocab = Vocabulary.load(run_dir / VOCAB_FILE)
-        model_config = ModelConfig.load(run_dir / CONFIG_FILE)
-    elif init is not None:
-        vocab = Vocabulary.load(init / VOCAB_FILE)
-        start = ModelConfig.load(init / CONFIG_FILE)
+    start = ModelConfig.load(init / CONFIG_FILE) if init is not None and not resumed else None
+    top_weights = backbones.layer_weights(backbones.build(backbone)) if stages else {}
+    if start is not None:
         if start.backbone != backbone or start.tuned_stages > stages:
             raise DataError(
                 f"{init} must be a model of the {backbone} backbone with at most {stages} fine-tuned stage(s) "
                 "to start this run from."
             )
-        model_config = dataclasses.replace(start, tuned_stages=stages)
         # the stages it tuned start from its weights, any further ones from ImageNet's
         top_weights = {**top_weights, **tuned_layers(init, start, top_weights)}
+    top = backbones.top(backbone, stages, top_weights) if stages else None
+    if resumed:
+        vocab = Vocabulary.load(run_dir / VOCAB_FILE)
+        model_config = ModelConfig.load(run_dir / CONFIG_FILE)
+    elif start is not None:
+        vocab = Vocabulary.load(init / VOCAB_FILE)
+        model_config = dataclasses.replace(start, tuned_stages=stages)
     else:
         train_caps = [c for n in train_names for c in data.captions[n]]
         vocab = Vocabulary.build(train_caps, train_config.min_count)
         lengths = [len(clean_tokens(c)) for c in train_caps]
         log(length_report(lengths))
         max_length = length_for_coverage(lengths, train_config.coverage)
-        grids = backbones.top(backbone, stages, top_weights).output_shape if stages else cache.features.shape
+        grids = cache.features.shape if top is None else top.output_shape  # (N, H, W, C)
         model_config = ModelConfig(
             backbone=backbone, image_size=cache.manifest["input_size"], grid=(int(grids[1]), int(grids[2])),
             feature_channels=int(grids[3]), vocab_size=len(vocab), max_length=max_length, tuned_stages=stages,
@@ -147,7 +149,6 @@ def prepare_run(
         (run_dir / CONFIG_FILE).write_text(model_config.to_json())
         (run_dir / "train.json").write_text(json.dumps(dataclasses.asdict(train_config), indent=2))
     log(f"vocabulary {len(vocab)} words (min count {train_config.min_count}); max length {model_config.max_length}")
-    top = backbones.top(backbone, stages, top_weights) if stages else None
     trainer = Trainer(run_dir, model_config, train_config, vocab, len(train_names), top)
     if init is not None and not trainer.manager.latest_checkpoint:  # a resumed run restores its own weights
         trainer.decoder.set_weights(load_decoder(model_config, init / WEIGHTS_FILE).get_weights())
