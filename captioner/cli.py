@@ -83,7 +83,8 @@ def _train(args: argparse.Namespace) -> int:
         attention_penalty=args.attention_penalty, patience=args.patience, min_count=args.min_count,
         seed=args.seed, glove=args.glove, time_budget_minutes=args.time_budget, scst_epochs=args.scst_epochs,
         scst_learning_rate=args.scst_lr, scst_ema_decay=args.scst_ema, scst_bleu_weight=args.scst_bleu,
-        scst_select_beam=args.scst_select_beam, flip_probability=args.flip, tune_stages=args.tune_stages,
+        scst_select_beam=args.scst_select_beam, xe_select_beam=args.xe_select_beam,
+        flip_probability=args.flip, tune_stages=args.tune_stages,
         backbone_lr_scale=args.backbone_lr_scale, init_from=args.init_from or "",
     )  # fmt: skip
     overrides = {"units": args.units, "feature_dim": args.units, "attention_units": args.attention_units,
@@ -315,6 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--scst-select-beam", type=int, default=TRAIN.scst_select_beam, help="dev beam size that picks SCST epochs"
+    )
+    p.add_argument(
+        "--xe-select-beam",
+        type=int,
+        default=TRAIN.xe_select_beam,
+        help="dev beam size that picks cross-entropy epochs (1 = greedy)",
     )
     p.add_argument(
         "--tune-stages",

@@ -85,6 +85,7 @@ class TrainConfig:
     # Self-critical epochs are kept or not on dev BLEU-4 from this beam size (α 0.7, repeats blocked), as the
     # model will be decoded; greedy scores miss that they shorten captions, which costs beam search more.
     scst_select_beam: int = 5
+    xe_select_beam: int = 1  # the same for cross-entropy epochs (1 = greedy, quicker; greedy can rank them unlike beam)
     # Fine-tuning: train the backbone's last `tune_stages` stages with the decoder, from a cache of the activation
     # entering them, at this fraction of the decoder's learning rate; the self-critical phase keeps them fixed.
     tune_stages: int = 0

@@ -223,8 +223,8 @@ class Trainer:
         return rewards_seen
 
     def dev_bleu4(self, features: np.ndarray, references: list[list[list[str]]]) -> float:
-        """Decode the dev images (greedy; beam search in the self-critical phase) and return corpus BLEU-4 (percent)."""
-        beam = self.config.scst_select_beam if int(self.scst_start) >= 0 else 1
+        """Decode the dev images with the phase's selection beam and return corpus BLEU-4 (percent)."""
+        beam = self.config.scst_select_beam if int(self.scst_start) >= 0 else self.config.xe_select_beam
         captions = self.search(
             self.grids(features), beam_size=beam, max_length=self.model_config.max_length, block_repeats=beam > 1
         )
@@ -285,17 +285,19 @@ class Trainer:
         self.decoder.load_weights(self.run_dir / BEST_WEIGHTS)  # fine-tune the best cross-entropy model
         if self.top is not None:
             self.top.load_weights(self.run_dir / BEST_TOP_WEIGHTS)
-        for avg, var in zip(self.ema, self.tuned, strict=True):
+        for avg, var in zip(self.ema, self.tuned if self.ema else [], strict=True):
             avg.assign(var)  # the self-critical average (if any) starts from there
         self.scst_start.assign(self.epoch)
         self.bad_epochs.assign(0)
-        greedy, t0 = float(self.best), time.time()
-        self.best.assign(self.dev_bleu4(dev_feats, dev_refs))  # the bar, rescored as this phase decodes
-        self.elapsed.assign_add(time.time() - t0)  # part of the run's time budget too
+        before, t0 = float(self.best), time.time()
+        xe_beam, scst_beam = self.config.xe_select_beam, self.config.scst_select_beam
+        if xe_beam != scst_beam:
+            self.best.assign(self.dev_bleu4(dev_feats, dev_refs))  # the bar, rescored as this phase decodes
+            self.elapsed.assign_add(time.time() - t0)  # part of the run's time budget too
         reward_name = "CIDEr-D" + (f" + {w:g} × BLEU-4" if (w := self.config.scst_bleu_weight) else "")
         log(
-            f"self-critical training ({reward_name} reward) from the best epoch, dev BLEU-4 {greedy:.2f} "
-            f"greedy, {float(self.best):.2f} beam {self.config.scst_select_beam} (the bar from here on)"
+            f"self-critical training ({reward_name} reward) from the best epoch, dev BLEU-4 {before:.2f} "
+            f"{_decoding(xe_beam)}, {float(self.best):.2f} {_decoding(scst_beam)} (the bar from here on)"
         )
 
     def self_critical_phase(self, train_feats, reward: CaptionReward, dev_feats, dev_refs, log) -> None:
@@ -344,6 +346,10 @@ class Trainer:
                 f"no time for another {seconds:.0f}s epoch")  # fmt: skip
             return False
         return True
+
+
+def _decoding(beam: int) -> str:
+    return "greedy" if beam == 1 else f"beam {beam}"
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ CAPTIONS = {
 
 
 def _tiny(tmp_path, epochs: int, ema_decay: float = 0.0, scst_ema_decay: float = 0.0, budget: float = 58.0,
-          scst_epochs: int = 0, attention: str = "additive"):  # fmt: skip
+          scst_epochs: int = 0, attention: str = "additive", **train_options):  # fmt: skip
     names = list(CAPTIONS)
     data = Flickr8k(tmp_path, tmp_path, {n: [c] * 5 for n, c in CAPTIONS.items()}, {"train": names})
     vocab = Vocabulary.build(CAPTIONS.values(), min_count=1)
@@ -30,7 +30,7 @@ def _tiny(tmp_path, epochs: int, ema_decay: float = 0.0, scst_ema_decay: float =
                          units=48, feature_dim=32, attention_units=16, dropout=0.0, attention=attention)  # fmt: skip
     train = TrainConfig(epochs=epochs, batch_images=2, learning_rate=1e-2, warmup_steps=0, label_smoothing=0.0,
                         ema_decay=ema_decay, scst_ema_decay=scst_ema_decay, time_budget_minutes=budget,
-                        scst_epochs=scst_epochs)  # fmt: skip
+                        scst_epochs=scst_epochs, **train_options)  # fmt: skip
     trainer = Trainer(tmp_path / "run", config, train, vocab, n_train=len(names))
     features = np.random.default_rng(0).normal(0, 1, (len(names), 2, 2, 8)).astype(np.float16)
     tokens = caption_tokens(data, names, vocab, config.max_length, seed=0)
@@ -150,6 +150,19 @@ def test_time_budget_stops_before_an_epoch_that_would_end_past_it(tmp_path, monk
     # After two one-minute epochs a third would end at 3 > 2.5 minutes, so it never starts.
     assert int(trainer.epoch) == 2
     assert "no time for another" in lines[-1]
+
+
+@pytest.mark.parametrize(("xe_beam", "dev_decodings"), [(1, [1, 1, 3, 3]), (3, [3, 3, 3])])
+def test_each_phase_keeps_its_epochs_on_its_own_dev_beam_size(tmp_path, xe_beam, dev_decodings):
+    trainer, features, tokens, _, _ = _tiny(tmp_path, epochs=2, scst_epochs=1, xe_select_beam=xe_beam,
+                                            scst_select_beam=3)  # fmt: skip
+    trainer.run_dir.mkdir()
+    refs = [[c.split()] * 5 for c in CAPTIONS.values()]
+    beams, search = [], trainer.search
+    trainer.search = lambda grids, beam_size, **kw: beams.append(beam_size) or search(grids, beam_size, **kw)
+    trainer.fit(features, tokens, features, refs, lambda _: None, reward=CaptionReward(refs))
+    # Greedy cross-entropy epochs need the bar rescored with beam 3 when the self-critical phase begins.
+    assert beams == dev_decodings
 
 
 def test_fine_tuned_top_stages_train_with_the_decoder_and_the_loss_falls(tmp_path):
