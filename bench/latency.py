@@ -3,11 +3,12 @@
     python bench/latency.py [--model DIR|hf://...] [--repeats 20] [--split-repeats 0]
 
 Every figure is the median of repeated runs with its min–max. End to end (decode, resize, backbone, caption): one
-500×375 photo greedy, beam 5 and the tuned beam, and a 12-megapixel JPEG greedy. Decode only: `BeamSearch` (one tf.while_loop) vs a
-Python loop over words that calls the same compiled `decoder.step` once per word for all k hypotheses, with the same
-masks (no <pad>/<start>/<unk>, repeats blocked as tuned), the same pool of k finished hypotheses ranked by
-log p / length**α and the same stopping rule; the bench checks that both give the same n-best on every photo before it
-prints a ratio. With --split-repeats N and ../shared present: the whole test split, greedy + the tuned beam, N runs.
+500×375 photo greedy, beam 5 and the tuned beam, and a 12-megapixel JPEG greedy. Decode only: `BeamSearch` (one
+tf.while_loop) vs a Python loop over words that calls the same compiled `decoder.step` once per word for all k
+hypotheses, with the same masks (no <pad>/<start>/<unk>, repeats blocked as tuned), the same pool of k finished
+hypotheses ranked by log p / length**α and the same stopping rule; the bench checks that both give the same n-best on
+every photo before it prints a ratio. With --split-repeats N and ../shared present: the whole test split, greedy +
+the tuned beam, N runs.
 """
 
 from __future__ import annotations
