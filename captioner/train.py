@@ -295,9 +295,10 @@ class Trainer:
             self.best.assign(self.dev_bleu4(dev_feats, dev_refs))  # the bar, rescored as this phase decodes
             self.elapsed.assign_add(time.time() - t0)  # part of the run's time budget too
         reward_name = "CIDEr-D" + (f" + {w:g} × BLEU-4" if (w := self.config.scst_bleu_weight) else "")
+        rescored = f", {float(self.best):.2f} {_decoding(scst_beam)}" if xe_beam != scst_beam else ""
         log(
             f"self-critical training ({reward_name} reward) from the best epoch, dev BLEU-4 {before:.2f} "
-            f"{_decoding(xe_beam)}, {float(self.best):.2f} {_decoding(scst_beam)} (the bar from here on)"
+            f"{_decoding(xe_beam)}{rescored} (the bar from here on)"
         )
 
     def self_critical_phase(self, train_feats, reward: CaptionReward, dev_feats, dev_refs, log) -> None:
