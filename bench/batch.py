@@ -1,13 +1,13 @@
 """Photo-library throughput: `captioner caption --out` over the Flickr8k test split, per engine, in one run.
 
-    python bench/batch.py [--limit N] [--model DIR|hf://...] [--workers 2] [--sweep 4,8,32]
+    python bench/batch.py [--limit N] [--model DIR|hf://...] [--beam K] [--workers 2] [--sweep 4,8,32]
 
-Runs the real command (greedy + beam, the model's tuned decoding) on the 1,000 test-split images (or the first N) for
-`--batch 1` (the per-file loop), the default batch, and `--engine ray` with 2 local actors, watching its output file
-grow. Prints, per run: steady images/s (rows over time from the first written batch to the last), start-up (process
-start to first batch written), and the default batch's speed-up over `--batch 1`. For Ray it splits the cost into
-start-up and per-image time, gives the per-actor rate, and what each added node would bring. Also counts images
-whose captions differ between runs (batching changes float rounding, which can flip a near tie).
+Runs the real command (greedy + beam, the model's tuned decoding or --beam K) on the 1,000 test-split images (or the
+first N) for `--batch 1` (the per-file loop), the default batch, and `--engine ray` with 2 local actors, watching its
+output file grow. Prints, per run: steady images/s (rows over time from the first written batch to the last),
+start-up (process start to first batch written), and the default batch's speed-up over `--batch 1`. For Ray it splits
+the cost into start-up and per-image time, gives the per-actor rate, and what each added node would bring. Also
+counts images whose captions differ between runs (batching changes float rounding, which can flip a near tie).
 """
 
 from __future__ import annotations
@@ -75,14 +75,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--limit", type=int, default=None, help="only the first N test images (a quick look)")
     parser.add_argument("--model", default=None)
+    parser.add_argument("--beam", type=int, default=None, help="beam size (default: the model's tuned value)")
     parser.add_argument("--workers", type=int, default=2, help="Ray actors (default 2: one per core here)")
     parser.add_argument("--sweep", default="", help="also run these local batch sizes, e.g. 4,8,32")
     args = parser.parse_args()
 
     flickr = need_shared() / "flickr8k"
     names = (flickr / "Flickr_8k.testImages.txt").read_text().split()[: args.limit]
-    model = ["--model", args.model] if args.model else []
-    print(f"{len(names)} test-split images, greedy + beam, the model's tuned decoding; load {os.getloadavg()[0]:.1f}")
+    options = ["--model", args.model] if args.model else []
+    options += ["--beam", str(args.beam)] if args.beam else []
+    decoding = f"beam {args.beam}" if args.beam else "beam"
+    print(f"{len(names)} test-split images, greedy + {decoding}, the model's tuned decoding; "
+          f"load {os.getloadavg()[0]:.1f}")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         files = Path(tmp) / "files.txt"
         files.write_text("".join(f"{flickr / 'Images' / n}\n" for n in names))
@@ -90,7 +94,7 @@ def main() -> None:
 
         def bench(name: str, extra: list[str]) -> dict:
             outs[name] = Path(tmp) / f"{len(outs)}.jsonl"
-            return run(name, [*extra, *model], files, outs[name])
+            return run(name, [*extra, *options], files, outs[name])
 
         one = bench("local --batch 1", ["--batch", "1"])
         default = bench(f"local --batch {DEFAULT_BATCH} (default)", [])

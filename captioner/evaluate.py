@@ -85,11 +85,7 @@ def _setting(beam_size: int, alpha: float, block: bool) -> str:
 
 
 def tune_and_score(
-    model,
-    data,
-    beam_sizes: Sequence[int] = (3, 5, 7, 10),
-    alphas: Sequence[float] = (0.0, 0.3, 0.5, 0.7, 1.0),
-    log=print,
+    model, data, beam_sizes: Sequence[int] = (3, 5), alphas: Sequence[float] = (0.0, 0.3, 0.5, 0.7, 1.0), log=print
 ) -> dict:
     """Pick beam size, α and repeat blocking on dev (BLEU-4), then score greedy and each beam size on dev and test.
 
