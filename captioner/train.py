@@ -289,17 +289,16 @@ class Trainer:
             avg.assign(var)  # the self-critical average (if any) starts from there
         self.scst_start.assign(self.epoch)
         self.bad_epochs.assign(0)
-        before, t0 = float(self.best), time.time()
         xe_beam, scst_beam = self.config.xe_select_beam, self.config.scst_select_beam
-        if xe_beam != scst_beam:
-            self.best.assign(self.dev_bleu4(dev_feats, dev_refs))  # the bar, rescored as this phase decodes
+        scores = f"{float(self.best):.2f} {_decoding(xe_beam)}"
+        if xe_beam != scst_beam:  # the bar, rescored as this phase decodes
+            t0 = time.time()
+            self.best.assign(self.dev_bleu4(dev_feats, dev_refs))
             self.elapsed.assign_add(time.time() - t0)  # part of the run's time budget too
+            scores += f", {float(self.best):.2f} {_decoding(scst_beam)}"
         reward_name = "CIDEr-D" + (f" + {w:g} × BLEU-4" if (w := self.config.scst_bleu_weight) else "")
-        rescored = f", {float(self.best):.2f} {_decoding(scst_beam)}" if xe_beam != scst_beam else ""
-        log(
-            f"self-critical training ({reward_name} reward) from the best epoch, dev BLEU-4 {before:.2f} "
-            f"{_decoding(xe_beam)}{rescored} (the bar from here on)"
-        )
+        log(f"self-critical training ({reward_name} reward) from the best epoch, dev BLEU-4 {scores} "
+            "(the bar from here on)")  # fmt: skip
 
     def self_critical_phase(self, train_feats, reward: CaptionReward, dev_feats, dev_refs, log) -> None:
         """Self-critical epochs until `scst_epochs` or `patience`, or until the time budget stops the run."""
