@@ -285,8 +285,8 @@ class Trainer:
         self.decoder.load_weights(self.run_dir / BEST_WEIGHTS)  # fine-tune the best cross-entropy model
         if self.top is not None:
             self.top.load_weights(self.run_dir / BEST_TOP_WEIGHTS)
-        for avg, var in zip(self.ema, self.tuned if self.ema else [], strict=True):
-            avg.assign(var)  # the self-critical average (if any) starts from there
+        if self.ema:
+            self._update_average(0.0)  # the self-critical average starts from these weights
         self.scst_start.assign(self.epoch)
         self.bad_epochs.assign(0)
         xe_beam, scst_beam = self.config.xe_select_beam, self.config.scst_select_beam
