@@ -196,8 +196,8 @@ def _caption_paths(args: argparse.Namespace, todo: list[str], results) -> tuple[
                 pending.append(row)
             bar.update()
             if results and len(pending) >= args.batch:
-                results.write(pending)
-                pending = []
+                finished, pending = pending, []  # taken first: a Ctrl-C inside write must not write them again below
+                results.write(finished)
     finally:
         bar.close()
         if results and pending:

@@ -206,6 +206,31 @@ def test_an_interrupted_run_resumes_to_every_image_exactly_once(talkative, tmp_p
     assert f"captioned {len(images) - first}, failed 0" in done.stderr
 
 
+def test_a_ctrl_c_just_after_rows_reach_the_disk_writes_them_once(talkative, tmp_path, monkeypatch, capsys):
+    """Catches the rows of a batch written again on the way out when Ctrl-C lands as their write returns."""
+    from captioner import cli
+    from captioner.results import JsonlResults
+
+    images = [str(_photo(tmp_path / "lib" / f"{i}.png", i, size=(24, 24))) for i in range(6)]
+    args = ["caption", str(tmp_path / "lib"), "--out", str(tmp_path / "out.jsonl"), "--model", str(talkative)]
+    write, calls = JsonlResults.write, []
+
+    def write_then_ctrl_c(self, rows):
+        write(self, rows)
+        calls.append(len(rows))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(JsonlResults, "write", write_then_ctrl_c)
+    assert cli.main([*args, "--batch", "2"]) == 130
+    assert calls == [2, 2]
+    monkeypatch.undo()
+    assert cli.main(args) == 0
+    assert "captioned 2, failed 0, skipped 4 already done" in capsys.readouterr().err
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert sorted(r["image"] for r in rows) == images
+
+
 def test_a_torn_last_record_is_cut_and_not_counted(tmp_path):
     """Catches a torn tail left in place (it would glue onto the next row) or counted as done."""
     dog = {"caption": "a dog", "log_prob": -1.0}
