@@ -65,6 +65,8 @@ def _train(args: argparse.Namespace) -> int:
     from captioner.files import BEST_WEIGHTS
     from captioner.run_setup import prepare_run
 
+    if args.scst_samples < 2:  # each sample's baseline is the mean reward of the others
+        raise CaptionerError(f"Expected --scst-samples of at least 2. Received: {args.scst_samples}.")
     data = load_flickr8k(args.data)
     size = backbones.get(args.backbone).input_size
     cache = open_cache(args.cache, args.backbone, size, stages=args.tune_stages)
@@ -82,7 +84,8 @@ def _train(args: argparse.Namespace) -> int:
         ema_decay=args.ema,
         attention_penalty=args.attention_penalty, patience=args.patience, min_count=args.min_count,
         seed=args.seed, glove=args.glove, time_budget_minutes=args.time_budget, scst_epochs=args.scst_epochs,
-        scst_learning_rate=args.scst_lr, scst_ema_decay=args.scst_ema, scst_bleu_weight=args.scst_bleu,
+        scst_learning_rate=args.scst_lr, scst_samples=args.scst_samples, scst_ema_decay=args.scst_ema,
+        scst_bleu_weight=args.scst_bleu,
         scst_select_beam=args.scst_select_beam, xe_select_beam=args.xe_select_beam,
         flip_probability=args.flip, tune_stages=args.tune_stages,
         backbone_lr_scale=args.backbone_lr_scale, init_from=args.init_from or "",
@@ -302,6 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--scst-epochs", type=int, default=TRAIN.scst_epochs, help="self-critical (CIDEr-D) epochs after cross-entropy"
     )
     p.add_argument("--scst-lr", type=float, default=TRAIN.scst_learning_rate)
+    p.add_argument(
+        "--scst-samples",
+        type=int,
+        default=TRAIN.scst_samples,
+        help="sampled captions per image in a self-critical step",
+    )
     p.add_argument(
         "--scst-ema",
         type=float,

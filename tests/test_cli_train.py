@@ -91,6 +91,11 @@ def test_train_without_features_says_what_to_run(tmp_path, tiny_dataset, tiny_ba
     assert "captioner features --backbone tiny_cli" in capsys.readouterr().err
 
 
+def test_one_self_critical_sample_per_image_is_refused_in_one_line(tmp_path, capsys):
+    assert cli.main(["train", "--data", str(tmp_path), "--run", str(tmp_path / "run"), "--scst-samples", "1"]) == 2
+    assert capsys.readouterr().err == "error: Expected --scst-samples of at least 2. Received: 1.\n"
+
+
 def test_train_defaults_are_the_config_dataclasses_which_hold_the_bundled_recipe():
     args = cli.build_parser().parse_args(["train", "--data", "d", "--run", "r"])
     model, train = ModelConfig(), TrainConfig()
@@ -98,9 +103,10 @@ def test_train_defaults_are_the_config_dataclasses_which_hold_the_bundled_recipe
     assert (args.backbone, args.units, args.attention_units, args.dropout, gate, image_input) == (
         model.backbone, model.units, model.attention_units, model.dropout, model.attention_gate, model.image_input
     )  # fmt: skip
-    assert (args.epochs, args.batch, args.lr, args.ema, args.glove, args.scst_epochs, args.scst_bleu, args.scst_lr) == (
+    assert (args.epochs, args.batch, args.lr, args.ema, args.glove, args.scst_epochs, args.scst_bleu, args.scst_lr,
+            args.scst_samples) == (
         train.epochs, train.batch_images, train.learning_rate, train.ema_decay, train.glove, train.scst_epochs,
-        train.scst_bleu_weight, train.scst_learning_rate,
+        train.scst_bleu_weight, train.scst_learning_rate, train.scst_samples,
     )  # fmt: skip
     bundled = ModelConfig.load(BUNDLED_MODEL_DIR / "config.json")
     # vocab_size and max_length come from the data; tuned_stages from the recipe's second step (`--tune-stages`)
