@@ -67,6 +67,8 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.scst_samples < 2:  # each sample's baseline is the mean reward of the others
         raise CaptionerError(f"Expected --scst-samples of at least 2. Received: {args.scst_samples}.")
+    if args.scst_tune_stages and not args.tune_stages:
+        raise CaptionerError("--scst-tune-stages trains the stages --tune-stages fine-tunes; give --tune-stages N too.")
     data = load_flickr8k(args.data)
     size = backbones.get(args.backbone).input_size
     cache = open_cache(args.cache, args.backbone, size, stages=args.tune_stages)
@@ -88,7 +90,8 @@ def _train(args: argparse.Namespace) -> int:
         scst_bleu_weight=args.scst_bleu,
         scst_select_beam=args.scst_select_beam, xe_select_beam=args.xe_select_beam,
         flip_probability=args.flip, tune_stages=args.tune_stages,
-        backbone_lr_scale=args.backbone_lr_scale, init_from=args.init_from or "",
+        backbone_lr_scale=args.backbone_lr_scale, scst_tune_stages=args.scst_tune_stages,
+        init_from=args.init_from or "",
     )  # fmt: skip
     overrides = {"units": args.units, "feature_dim": args.units, "attention_units": args.attention_units,
                  "dropout": args.dropout, "attention_gate": not args.no_gate,
@@ -344,6 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=TRAIN.backbone_lr_scale,
         help="the fine-tuned stages' learning rate as a fraction of the decoder's",
+    )
+    p.add_argument(
+        "--scst-tune-stages",
+        action="store_true",
+        help="the self-critical phase trains the fine-tuned stages too (default: only the decoder)",
     )
     p.add_argument(
         "--init-from",

@@ -87,7 +87,9 @@ class TrainConfig:
     scst_select_beam: int = 5
     xe_select_beam: int = 1  # the same for cross-entropy epochs (1 = greedy, quicker; greedy can rank them unlike beam)
     # Fine-tuning: train the backbone's last `tune_stages` stages with the decoder, from a cache of the activation
-    # entering them, at this fraction of the decoder's learning rate; the self-critical phase keeps them fixed.
+    # entering them, at this fraction of the decoder's learning rate; the self-critical phase keeps them fixed
+    # unless `scst_tune_stages` (then at the same fraction of its own rate).
     tune_stages: int = 0
     backbone_lr_scale: float = 0.1
+    scst_tune_stages: bool = False
     init_from: str = ""  # a model directory whose vocabulary, config, decoder and stages the run starts from

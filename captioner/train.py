@@ -88,6 +88,13 @@ class Trainer:
         scst_steps = max(1, train_config.scst_epochs * (n_train // train_config.batch_images))
         self.scst_schedule = keras.optimizers.schedules.CosineDecay(train_config.scst_learning_rate, scst_steps)
         self.scst_optimizer.build(self.decoder.trainable_variables)
+        self.scst_tuned = self.decoder.trainable_variables  # and the tuned stages, with `scst_tune_stages`
+        self.scst_top_optimizer = None
+        if top is not None and train_config.scst_tune_stages:
+            self.scst_tuned = self.scst_tuned + top.trainable_variables
+            self.scst_top_optimizer = keras.optimizers.Adam(0.0, global_clipnorm=train_config.clip_norm)  # set per step
+            self.scst_top_optimizer.build(top.trainable_variables)
+            parts["scst_top_optimizer"] = self.scst_top_optimizer
         self.epoch = tf.Variable(0, dtype=tf.int64)
         self.best = tf.Variable(-1.0, dtype=tf.float64)
         self.bad_epochs = tf.Variable(0, dtype=tf.int64)
@@ -105,7 +112,9 @@ class Trainer:
         feats = grids if top is None else tf.TensorSpec([None, *top.input_shape[1:]], tf.float16)  # what is cached
         tokens = tf.TensorSpec([None, None, None], tf.int32)
         self.train_step = tf.function(self._train_step, input_signature=[feats, tokens])
-        self.scst_step = tf.function(self._scst_step, input_signature=[grids, tokens, tf.TensorSpec([None, None])])
+        scst_inputs = feats if self.scst_top_optimizer is not None else grids
+        advantage = tf.TensorSpec([None, None])
+        self.scst_step = tf.function(self._scst_step, input_signature=[scst_inputs, tokens, advantage])
         self.sample = tf.function(self._sample, input_signature=[grids])
         self._top_grids = tf.function(lambda f: tf.cast(self._grid_of(f), tf.float16), input_signature=[feats])
         self.search = BeamSearch(self.decoder, vocab, model_config.grid)  # one trace for every dev decoding
@@ -192,16 +201,24 @@ class Trainer:
         return tf.reshape(tf.transpose(out.stack()), [tf.shape(features)[0], n, steps])
 
     def _scst_step(self, features, tokens, advantage):
-        """Policy gradient: raise the log-probability of samples that beat the others' mean CIDEr-D."""
+        """Policy gradient: raise the log-probability of samples that beat the others' mean CIDEr-D.
+
+        `features` are grids, or the cached activations when the tuned stages learn in this phase too.
+        """
         with tf.GradientTape() as tape:
-            logits, _ = self.decoder(features, tokens[:, :, :-1], training=False)
+            grids = features if self.scst_top_optimizer is None else self._grid_of(features)
+            logits, _ = self.decoder(grids, tokens[:, :, :-1], training=False)
             logits = tf.where(self._emittable(), logits, -1e9)  # the policy that sampled, over the words it could pick
             targets = tokens[:, :, 1:]
             logp = tf.gather(tf.nn.log_softmax(logits), targets, batch_dims=3) * tf.cast(targets > 0, tf.float32)
             loss = -tf.reduce_mean(advantage * tf.reduce_sum(logp, -1))
-        grads = tape.gradient(loss, self.decoder.trainable_variables)
-        self.scst_optimizer.learning_rate.assign(self.scst_schedule(self.scst_optimizer.iterations))
-        self.scst_optimizer.apply(grads, self.decoder.trainable_variables)
+        grads = tape.gradient(loss, self.scst_tuned)
+        n, rate = len(self.decoder.trainable_variables), self.scst_schedule(self.scst_optimizer.iterations)
+        self.scst_optimizer.learning_rate.assign(rate)
+        self.scst_optimizer.apply(grads[:n], self.decoder.trainable_variables)
+        if self.scst_top_optimizer is not None:
+            self.scst_top_optimizer.learning_rate.assign(rate * self.config.backbone_lr_scale)
+            self.scst_top_optimizer.apply(grads[n:], self.top.trainable_variables)
         if self.config.scst_ema_decay:
             self._update_average(self.config.scst_ema_decay)
         return loss
@@ -212,13 +229,14 @@ class Trainer:
         n = self.config.scst_samples
         for idx in bar(np.array_split(rng.permutation(len(train_feats)), len(train_feats) // self.config.batch_images)):
             idx = np.sort(idx)
-            feats = self.grids(train_feats[idx])
+            cached = train_feats[idx]
+            feats = self.grids(cached)
             samples = self.sample(feats).numpy()  # (B, n, L)
             rewards = np.array([[reward(i, self.vocab.decode(s)) for s in samples[b]] for b, i in enumerate(idx)])
             advantage = rewards - (rewards.sum(1, keepdims=True) - rewards) / (n - 1)
             start = np.full((*samples.shape[:2], 1), self.vocab.start_id, np.int32)
             tokens = np.concatenate([start, samples], -1)[:, :, : int((samples > 0).sum(-1).max()) + 1]
-            self.scst_step(feats, tokens, advantage.astype(np.float32))
+            self.scst_step(feats if self.scst_top_optimizer is None else cached, tokens, advantage.astype(np.float32))
             rewards_seen.append(float(rewards.mean()))
         return rewards_seen
 

@@ -91,9 +91,12 @@ def test_train_without_features_says_what_to_run(tmp_path, tiny_dataset, tiny_ba
     assert "captioner features --backbone tiny_cli" in capsys.readouterr().err
 
 
-def test_one_self_critical_sample_per_image_is_refused_in_one_line(tmp_path, capsys):
-    assert cli.main(["train", "--data", str(tmp_path), "--run", str(tmp_path / "run"), "--scst-samples", "1"]) == 2
+def test_self_critical_options_that_cannot_work_are_refused_in_one_line(tmp_path, capsys):
+    train = ["train", "--data", str(tmp_path), "--run", str(tmp_path / "run")]
+    assert cli.main([*train, "--scst-samples", "1"]) == 2
     assert capsys.readouterr().err == "error: Expected --scst-samples of at least 2. Received: 1.\n"
+    assert cli.main([*train, "--scst-tune-stages"]) == 2
+    assert "give --tune-stages N too" in capsys.readouterr().err
 
 
 def test_train_defaults_are_the_config_dataclasses_which_hold_the_bundled_recipe():
@@ -132,7 +135,7 @@ def test_fine_tuned_stages_train_export_load_and_start_a_run_that_tunes_more(tmp
     assert cli.main(["features", *common]) == 0
     train = ["train", *common, "--run", str(run), "--units", "16", "--attention-units", "8", "--min-count", "1",
              "--glove", "none", "--batch", "3", "--lr", "0.01", "--backbone-lr-scale", "0.5"]  # fmt: skip
-    assert cli.main([*train, "--epochs", "2", "--scst-epochs", "1"]) == 0
+    assert cli.main([*train, "--epochs", "2", "--scst-epochs", "1", "--scst-tune-stages"]) == 0
     config = ModelConfig.load(run / "config.json")
     assert (config.tuned_stages, config.grid, config.feature_channels) == (1, (7, 7), 1280)
     assert "epoch 3: scst: sampled reward" in (run / "train.log").read_text()

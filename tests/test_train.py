@@ -165,7 +165,8 @@ def test_each_phase_keeps_its_epochs_on_its_own_dev_beam_size(tmp_path, xe_beam,
     assert beams == dev_decodings
 
 
-def test_fine_tuned_top_stages_train_with_the_decoder_and_the_loss_falls(tmp_path):
+def _tiny_with_top(tmp_path, **train_options):
+    """A tiny decoder on the last stage of a random EfficientNet-Lite0, its cached activations and caption ids."""
     import keras
 
     from captioner import backbones
@@ -180,10 +181,16 @@ def test_fine_tuned_top_stages_train_with_the_decoder_and_the_loss_falls(tmp_pat
     config = ModelConfig(backbone="efficientnet_lite0", grid=(7, 7), vocab_size=len(vocab), max_length=8, embed_dim=16,
                          units=48, feature_dim=32, attention_units=16, dropout=0.0, tuned_stages=1)  # fmt: skip
     train = TrainConfig(epochs=60, batch_images=2, learning_rate=1e-2, warmup_steps=0, label_smoothing=0.0,
-                        ema_decay=0.0, tune_stages=1, backbone_lr_scale=0.5)  # fmt: skip
+                        ema_decay=0.0, tune_stages=1, backbone_lr_scale=0.5, **train_options)  # fmt: skip
     trainer = Trainer(tmp_path / "run", config, train, vocab, n_train=len(names), top=top)
     cut = np.random.default_rng(0).normal(0, 1, (len(names), *top.input_shape[1:])).astype(np.float16)
-    tokens = caption_tokens(data, names, vocab, config.max_length, seed=0)
+    return trainer, top, cut, caption_tokens(data, names, vocab, config.max_length, seed=0), vocab, config
+
+
+def test_fine_tuned_top_stages_train_with_the_decoder_and_the_loss_falls(tmp_path):
+    import keras
+
+    trainer, top, cut, tokens, vocab, config = _tiny_with_top(tmp_path)
     before = {w.path: w.numpy() for w in top.weights}
     first = float(trainer.loss(trainer.grids(cut), tokens, training=False)[1])
     rng = np.random.default_rng(0)
@@ -199,3 +206,17 @@ def test_fine_tuned_top_stages_train_with_the_decoder_and_the_loss_falls(tmp_pat
                if layer.weights and not layer.trainable_weights)  # fmt: skip
     captions = BeamSearch(trainer.decoder, vocab, config.grid)(trainer.grids(cut), beam_size=1, max_length=8)
     assert [c.text for c in captions] == list(CAPTIONS.values())
+
+
+@pytest.mark.parametrize("scst_tune_stages", [False, True])
+def test_self_critical_steps_train_the_tuned_stages_only_when_asked(tmp_path, scst_tune_stages):
+    trainer, top, cut, tokens, _, _ = _tiny_with_top(tmp_path, scst_epochs=1, scst_tune_stages=scst_tune_stages)
+    before = {w.path: w.numpy() for w in top.trainable_weights}
+    decoder = [w.numpy() for w in trainer.decoder.trainable_weights]
+    samples = tokens[:, :, :6]
+    step_input = cut if scst_tune_stages else trainer.grids(cut)
+    trainer.scst_step(step_input, samples, np.ones(samples.shape[:2], np.float32))
+    changed = {w.path for w in top.trainable_weights if not np.array_equal(w.numpy(), before[w.path])}
+    assert changed == (set(before) if scst_tune_stages else set())
+    after = trainer.decoder.trainable_weights
+    assert not all(np.array_equal(a, w.numpy()) for a, w in zip(decoder, after, strict=True))
