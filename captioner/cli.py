@@ -109,7 +109,7 @@ def _export(args: argparse.Namespace) -> int:
 
     data = load_flickr8k(args.data) if args.data else None
     first, *members = (Path(r) for r in args.run)
-    out = export_run(first, Path(args.out), data, members=members)
+    out = export_run(first, Path(args.out), data, members=members, average=args.average)
     print(f"model written to {out}")
     return 0
 
@@ -363,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="bundle a run's best decoder with its backbone into a model directory")
     p.add_argument("--run", required=True, action="append", help="run directory; repeat it to export an ensemble")
+    p.add_argument(
+        "--average", action="store_true", help="average the runs' weights into one model instead (runs of one start)"
+    )
     p.add_argument("--out", required=True)
     p.add_argument("--data", help="Flickr8k directory: tune α on dev, score dev/test into metrics.json + model card")
     p.set_defaults(handler=_export)

@@ -26,11 +26,20 @@ from captioner.run_setup import tuned_layers
 from captioner.text import Vocabulary
 
 
-def export_run(run_dir: Path, out: Path, data: Flickr8k | None = None, log=print, members: Sequence[Path] = ()) -> Path:
+def export_run(
+    run_dir: Path,
+    out: Path,
+    data: Flickr8k | None = None,
+    log=print,
+    members: Sequence[Path] = (),
+    average: bool = False,
+) -> Path:
     """Bundle a run's best decoder with its ImageNet backbone into a self-contained model directory.
 
     `members`: further runs or model directories (same backbone and vocabulary) whose decoders join it as one
     ensemble; `run_dir` may be a model directory too (its decoder; the backbone comes from the ImageNet weights).
+    With `average`, the members (of the very same config) are averaged into one model instead: a "model soup" of
+    runs fine-tuned from one start, as cheap to run as any of them.
     Any of them may carry fine-tuned top stages: the first one's go into the backbone, a further member's into its
     own weights file, and the ImageNet weights of the most stages any member tuned ship as imagenet_stages.npz.
     With `data`, also tune the decoding on dev, score dev and test into metrics.json, and write the model card. The
@@ -51,8 +60,14 @@ def export_run(run_dir: Path, out: Path, data: Flickr8k | None = None, log=print
             raise ModelError(
                 f"{member_dir} differs from {run_dir} in {', '.join(differs)}; members share one backbone."
             )
+        if average and member_config != config:
+            raise ModelError(f"{member_dir} has another config than {run_dir}; only one model's runs average.")
         extra.append(Member(member, member_config, tuned_layers(member_dir, member_config, original)))
-    for name, arrays in tuned_layers(run_dir, config, original).items():
+    tuned = tuned_layers(run_dir, config, original)
+    if average:
+        tuned = _average_into(decoder, tuned, extra)
+        extra = []
+    for name, arrays in tuned.items():
         backbone.get_layer(name).set_weights(arrays)
     save_model_dir(out, ImageCaptioner(backbone, decoder), config, vocab.to_json())
     stale = [
@@ -91,6 +106,17 @@ def write_card(model_dir: Path) -> Path:
     write_atomic(model_dir / CARD_FILE, hub.model_card(model_dir))
     hub.write_manifest(model_dir)
     return model_dir
+
+
+def _average_into(decoder: CaptionDecoder, stages: dict[str, list], members: Sequence) -> dict[str, list]:
+    """Set `decoder` to the mean weights of itself and the members' decoders; return the mean tuned stages."""
+    k = 1 + len(members)
+    weights = zip(decoder.get_weights(), *(m.decoder.get_weights() for m in members), strict=True)
+    decoder.set_weights([sum(arrays) / k for arrays in weights])
+    return {
+        name: [sum(arrays) / k for arrays in zip(own, *(m.stages[name] for m in members), strict=True)]
+        for name, own in stages.items()
+    }
 
 
 def _best_decoder(run_dir: Path) -> tuple[ModelConfig, Vocabulary, CaptionDecoder]:

@@ -78,10 +78,13 @@ def test_features_train_resume_self_critical_and_export(tmp_path, tiny_dataset, 
     assert len(loaded.decoders) == 2
     for a, b in zip(loaded.decoders[0].weights, model.decoders[0].weights, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())  # member 0 is the exported model's decoder, as it was
-    # Exporting one run over it again leaves no stale members behind.
-    assert cli.main(["export", "--run", str(run2), "--out", str(ensemble)]) == 0
-    assert len(Captioner.load(str(ensemble)).decoders) == 1
+    # Averaged instead: one decoder holding the mean of the two (over the ensemble, which leaves no stale members).
+    assert cli.main(["export", "--run", str(out), "--run", str(run2), "--average", "--out", str(ensemble)]) == 0
+    soup = Captioner.load(str(ensemble))
+    assert len(soup.decoders) == 1
     assert not (ensemble / "ensemble.json").exists() and not (ensemble / "decoder1.weights.h5").exists()
+    for got, a, b in zip(soup.decoders[0].weights, *(d.weights for d in loaded.decoders), strict=True):
+        np.testing.assert_allclose(got.numpy(), (a.numpy() + b.numpy()) / 2, atol=1e-3)  # saved as float16
 
 
 def test_train_without_features_says_what_to_run(tmp_path, tiny_dataset, tiny_backbone, capsys):
