@@ -14,7 +14,7 @@ import tensorflow as tf
 from captioner.config import ModelConfig, TrainConfig
 from captioner.decode import BeamSearch, emittable_words
 from captioner.files import BEST_TOP_WEIGHTS, BEST_WEIGHTS
-from captioner.metrics import CiderD, corpus_bleu, sentence_bleu
+from captioner.metrics import CiderD, corpus_metrics, sentence_bleu
 from captioner.model import build_decoder
 from captioner.text import Vocabulary
 
@@ -240,13 +240,13 @@ class Trainer:
             rewards_seen.append(float(rewards.mean()))
         return rewards_seen
 
-    def dev_bleu4(self, features: np.ndarray, references: list[list[list[str]]]) -> float:
-        """Decode the dev images with the phase's selection beam and return corpus BLEU-4 (percent)."""
+    def dev_scores(self, features: np.ndarray, references: list[list[list[str]]]) -> dict[str, float]:
+        """Decode the dev images with the phase's selection beam: corpus BLEU-1..4 (percent) and CIDEr-D."""
         beam = self.config.scst_select_beam if int(self.scst_start) >= 0 else self.config.xe_select_beam
         captions = self.search(
             self.grids(features), beam_size=beam, max_length=self.model_config.max_length, block_repeats=beam > 1
         )
-        return corpus_bleu([c.tokens for c in captions], references)["bleu4"]
+        return corpus_metrics([c.tokens for c in captions], references)
 
     def fit(
         self,
@@ -311,7 +311,7 @@ class Trainer:
         scores = f"{float(self.best):.2f} {_decoding(xe_beam)}"
         if xe_beam != scst_beam:  # the bar, rescored as this phase decodes
             t0 = time.time()
-            self.best.assign(self.dev_bleu4(dev_feats, dev_refs))
+            self.best.assign(self.dev_scores(dev_feats, dev_refs)["bleu4"])
             self.elapsed.assign_add(time.time() - t0)  # part of the run's time budget too
             scores += f", {float(self.best):.2f} {_decoding(scst_beam)}"
         reward_name = "CIDEr-D" + (f" + {w:g} × BLEU-4" if (w := self.config.scst_bleu_weight) else "")
@@ -341,7 +341,8 @@ class Trainer:
     def _end_epoch(self, summary: str, t0: float, dev_feats, dev_refs, log) -> bool:
         """Score dev, keep the best weights, checkpoint and log; False when the time budget allows no further epoch."""
         with self.averaged_weights():
-            bleu4 = self.dev_bleu4(dev_feats, dev_refs)
+            scores = self.dev_scores(dev_feats, dev_refs)
+            bleu4 = scores["bleu4"]
             improved = bleu4 > float(self.best)
             if improved:
                 self.decoder.save_weights(self.run_dir / BEST_WEIGHTS)
@@ -357,7 +358,7 @@ class Trainer:
         self.elapsed.assign_add(seconds)
         self.manager.save()
         log(f"epoch {int(self.epoch)}: {summary}, dev BLEU-4 {bleu4:.2f}{' (best)' if improved else ''}, "
-            f"{seconds:.0f}s")  # fmt: skip
+            f"CIDEr-D {scores['cider']:.3f}, {seconds:.0f}s")  # fmt: skip
         # Stop before an epoch as long as this one would end past the budget, not after it.
         if (float(self.elapsed) + seconds) / 60 > self.config.time_budget_minutes:
             log(f"time budget: {float(self.elapsed) / 60:.1f} of {self.config.time_budget_minutes:g} min used, "
