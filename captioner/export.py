@@ -6,6 +6,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from captioner import hub, imagenet
 from captioner.data import Flickr8k
 from captioner.errors import ModelError
@@ -110,13 +112,12 @@ def write_card(model_dir: Path) -> Path:
 
 def _average_into(decoder: CaptionDecoder, stages: dict[str, list], members: Sequence) -> dict[str, list]:
     """Set `decoder` to the mean weights of itself and the members' decoders; return the mean tuned stages."""
-    k = 1 + len(members)
-    weights = zip(decoder.get_weights(), *(m.decoder.get_weights() for m in members), strict=True)
-    decoder.set_weights([sum(arrays) / k for arrays in weights])
-    return {
-        name: [sum(arrays) / k for arrays in zip(own, *(m.stages[name] for m in members), strict=True)]
-        for name, own in stages.items()
-    }
+
+    def mean(*models: list[np.ndarray]) -> list[np.ndarray]:
+        return [np.mean(arrays, axis=0) for arrays in zip(*models, strict=True)]
+
+    decoder.set_weights(mean(decoder.get_weights(), *(m.decoder.get_weights() for m in members)))
+    return {name: mean(own, *(m.stages[name] for m in members)) for name, own in stages.items()}
 
 
 def _best_decoder(run_dir: Path) -> tuple[ModelConfig, Vocabulary, CaptionDecoder]:
