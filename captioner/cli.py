@@ -17,6 +17,11 @@ from captioner.paths import cache_dir
 
 MODEL, TRAIN = ModelConfig(), TrainConfig()  # every training default below is theirs: the bundled model's recipe
 BLOCK_HELP = "never repeat a three-word phrase within a caption (default: as the model was tuned on dev)"
+CONSENSUS_HELP = (
+    "rerank the beam's n-best by agreement with the captions of the K most similar training photos; 0 turns it off "
+    "(default: as the model was tuned on dev)"
+)
+CONSENSUS_WEIGHT_HELP = "weight of the beam score beside that agreement (default: as the model was tuned on dev)"
 # What TensorFlow's C++ side prints while it loads, before TF_CPP_MIN_LOG_LEVEL applies (e.g. "oneDNN custom operations
 # are on" on AVX-512 CPUs): INFO lines and absl's notice about them. They would break "one error line per failure".
 _IMPORT_NOISE = ("I0000 ", "WARNING: All log messages before absl::InitializeLog() is called")
@@ -118,14 +123,30 @@ def _evaluate(args: argparse.Namespace) -> int:
     _import_tensorflow()
     from captioner.evaluate import evaluate_split
 
+    d = _overrides(args)
     report = evaluate_split(
-        args.model, args.data, args.split, args.beam, args.length_penalty, args.out, args.block_repeats
-    )
+        args.model, args.data, args.split, d["beam_size"], d["length_penalty"], args.out, d["block_repeats"],
+        d["consensus"], d["consensus_weight"],
+    )  # fmt: skip
     for name, scores in report["corpus"].items():
         print(f"{args.split} {name:6s} " + "  ".join(f"{k} {v:.2f}" for k, v in scores.items()))
     if args.out:
         print(f"report written to {args.out}")
     return 0
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    """The decoding settings given on the command line (None: the model's tuned one), checked."""
+    from captioner.pipeline import MAX_CONSENSUS
+
+    if args.consensus is not None and not 0 <= args.consensus <= MAX_CONSENSUS:
+        raise CaptionerError(f"Expected --consensus between 0 and {MAX_CONSENSUS} photos. Received: {args.consensus}.")
+    if args.consensus_weight is not None and args.consensus_weight < 0:
+        raise CaptionerError(f"Expected a --consensus-weight of at least 0. Received: {args.consensus_weight}.")
+    return {
+        "beam_size": args.beam, "length_penalty": args.length_penalty, "block_repeats": args.block_repeats,
+        "consensus": args.consensus, "consensus_weight": args.consensus_weight,
+    }  # fmt: skip
 
 
 def _caption(args: argparse.Namespace) -> int:
@@ -172,7 +193,7 @@ def _caption_paths(args: argparse.Namespace, todo: list[str], results) -> tuple[
     from captioner.library import caption_paths
     from captioner.pipeline import Captioner, Decoding
 
-    overrides = {"beam_size": args.beam, "length_penalty": args.length_penalty, "block_repeats": args.block_repeats}
+    overrides = _overrides(args)
     if args.engine == "ray":
         from captioner.ray_engine import caption_paths_ray
 
@@ -376,6 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam", type=int, default=None, help="beam size (default: the model's tuned value)")
     p.add_argument("--length-penalty", type=float, default=None, help="α (default: the model's tuned value)")
     p.add_argument("--block-repeats", action=argparse.BooleanOptionalAction, help=BLOCK_HELP)
+    p.add_argument("--consensus", type=int, default=None, metavar="K", help=CONSENSUS_HELP)
+    p.add_argument("--consensus-weight", type=float, default=None, metavar="W", help=CONSENSUS_WEIGHT_HELP)
     p.add_argument("--model", default=None, help="model directory or hf://OWNER/REPO@REV (default: bundled)")
     p.add_argument("--out", default=None, help="write the JSON report here")
     p.set_defaults(handler=_evaluate)
@@ -392,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam", type=int, default=None, help="beam size (default: the model's tuned value)")
     p.add_argument("--length-penalty", type=float, default=None, help="α (default: the model's tuned value)")
     p.add_argument("--block-repeats", action=argparse.BooleanOptionalAction, help=BLOCK_HELP)
+    p.add_argument("--consensus", type=int, default=None, metavar="K", help=CONSENSUS_HELP)
+    p.add_argument("--consensus-weight", type=float, default=None, metavar="W", help=CONSENSUS_WEIGHT_HELP)
     p.add_argument("--model", default=None)
     p.add_argument("--json", action="store_true", help="print a JSON list at the end (without --out)")
     p.set_defaults(handler=_caption)

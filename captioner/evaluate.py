@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from captioner.consensus import rerank
 from captioner.metrics import Tokens, corpus_metrics, tokenize
 from captioner.report import build_report, read_report, write_report
 
+if TYPE_CHECKING:
+    from captioner.decode import Caption
+    from captioner.pipeline import Decoding
+
 # read_report and tokenize too: the BLEU page imports them from here.
 __all__ = [
+    "Split",
     "build_report",
+    "dev_objective",
     "encode_split",
     "evaluate_split",
     "read_report",
@@ -23,21 +32,42 @@ __all__ = [
 ]
 
 
-def encode_split(model, data, split: str, chunk: int = 32) -> np.ndarray:
+@dataclass(frozen=True)
+class Split:
+    """One split's images, read from their files as uploads would be: feature grids, pooled features, references."""
+
+    features: np.ndarray  # (N, H, W, C), `Encoded.features`
+    seen: np.ndarray  # (N, C), `Encoded.seen`: what familiarity and consensus reranking read
+    references: list[list[Tokens]]
+
+
+def encode_split(model, data, split: str, chunk: int = 32) -> Split:
     """Backbone features of every image of a split, read from the image files as an upload would be."""
     from tqdm.auto import tqdm
 
     names = data.images(split)
-    feats = []
+    encoded = []
     for i in tqdm(range(0, len(names), chunk), desc=f"encode {split}", unit="batch"):
         batch = names[i : i + chunk]
-        feats.append(model.encode([data.image_path(n) for n in batch], batch).features)
-    return np.concatenate(feats)
+        encoded.append(model.encode([data.image_path(n) for n in batch], batch))
+    return Split(
+        np.concatenate([e.features for e in encoded]),
+        np.concatenate([e.seen for e in encoded]),
+        [[tokenize(c) for c in data.captions[n]] for n in names],
+    )
 
 
-def _score(model, features: np.ndarray, refs: list[list[Tokens]], beam_size: int, alpha: float, block: bool):
-    captions = model.decode_features(features, beam_size, alpha, block_repeats=block)
-    return captions, corpus_metrics([c.tokens for c in captions], refs)
+def dev_objective(metrics: dict[str, float]) -> float:
+    """What the dev search maximises: CIDEr-D + BLEU-4 as a fraction, the self-critical reward's own mix."""
+    return metrics["cider"] + metrics["bleu4"] / 100
+
+
+def _score(model, split: Split, d: Decoding) -> tuple[list[Caption], dict[str, float]]:
+    captions = model.decode_features(
+        split.features, d.beam_size, d.length_penalty, block_repeats=d.block_repeats,
+        seen=split.seen, consensus=d.consensus, consensus_weight=d.consensus_weight,
+    )  # fmt: skip
+    return captions, corpus_metrics([c.tokens for c in captions], split.references)
 
 
 def evaluate_split(
@@ -48,28 +78,31 @@ def evaluate_split(
     length_penalty: float | None = None,
     out: str | Path | None = None,
     block_repeats: bool | None = None,
+    consensus: int | None = None,
+    consensus_weight: float | None = None,
 ) -> dict:
     """Caption every image of a split from its file (greedy and beam), score it, optionally write the report.
 
-    Beam size, α and repeat blocking default to what the model was tuned with on dev (its metrics.json).
+    Every decoding setting defaults to what the model was tuned with on dev (its metrics.json).
     """
     from captioner.data import load_flickr8k
     from captioner.pipeline import Captioner
 
     model = Captioner.load(model_source)
     data = load_flickr8k(data_dir)
+    d = model.tuned.overridden(
+        beam_size=beam_size, length_penalty=length_penalty, block_repeats=block_repeats,
+        consensus=consensus, consensus_weight=consensus_weight,
+    )  # fmt: skip
+    images = encode_split(model, data, split)
+    greedy, _ = _score(model, images, replace(d, beam_size=1))
+    beam, _ = _score(model, images, d)
     names = data.images(split)
-    d = model.tuned.overridden(beam_size=beam_size, length_penalty=length_penalty, block_repeats=block_repeats)
-    features = encode_split(model, data, split)
-    refs = [[tokenize(c) for c in data.captions[n]] for n in names]
-    greedy, _ = _score(model, features, refs, 1, d.length_penalty, d.block_repeats)
-    beam, _ = _score(model, features, refs, d.beam_size, d.length_penalty, d.block_repeats)
     report = build_report(
         model={"id": model.info.id, "config": dataclasses.asdict(model.config),
                "weights_sha256": model.info.weights_sha256},
         split=split,
-        decoding={"beam_size": d.beam_size, "length_penalty": d.length_penalty, "max_length": model.config.max_length,
-                  "block_repeats": d.block_repeats},
+        decoding={**_decoding_block(d), "max_length": model.config.max_length},
         image_names=names,
         references=[data.captions[n] for n in names],
         greedy=[c.text for c in greedy],
@@ -80,41 +113,67 @@ def evaluate_split(
     return report
 
 
-def _setting(beam_size: int, alpha: float, block: bool) -> str:
-    return f"beam {beam_size} α={alpha}{' repeats blocked' if block else ''}"
+def _decoding_block(d: Decoding) -> dict:
+    return {
+        "beam_size": d.beam_size, "length_penalty": d.length_penalty, "block_repeats": d.block_repeats,
+        "consensus": d.consensus, "consensus_weight": d.consensus_weight,
+    }  # fmt: skip
+
+
+def _setting(d: Decoding) -> str:
+    rerank = f", consensus {d.consensus} w={d.consensus_weight}" if d.consensus else ""
+    return f"beam {d.beam_size} α={d.length_penalty}{' repeats blocked' if d.block_repeats else ''}{rerank}"
 
 
 def tune_and_score(
-    model, data, beam_sizes: Sequence[int] = (3, 5), alphas: Sequence[float] = (0.0, 0.3, 0.5, 0.7, 1.0), log=print
+    model,
+    data,
+    beam_sizes: Sequence[int] = (3, 5, 10),
+    alphas: Sequence[float] = (0.0, 0.3, 0.5, 0.7, 1.0),
+    consensus: Sequence[int] = (10, 25),
+    weights: Sequence[float] = (0.5, 1.0, 2.0),
+    log=print,
 ) -> dict:
-    """Pick beam size, α and repeat blocking on dev (BLEU-4), then score greedy and each beam size on dev and test.
+    """Pick the decoding on dev (`dev_objective`), then score greedy and each beam size on dev and test with it.
 
-    Results: "greedy", "beam" (the chosen size) and "beam<k>" for every other size, all with the chosen α and blocking.
+    The search: beam size × α × repeat blocking, each also with its n-best reranked by consensus with every number
+    of similar photos and weight (when the model has a consensus index). Results: "greedy", "beam" (the chosen
+    size) and "beam<k>" for every other size, all with the chosen α, blocking and reranking.
     """
-    feats = {s: encode_split(model, data, s) for s in ("dev", "test")}
-    refs = {s: [[tokenize(c) for c in data.captions[n]] for n in data.images(s)] for s in ("dev", "test")}
-    search = {}
-    for k in beam_sizes:
+    from captioner.pipeline import Decoding
+
+    splits = {s: encode_split(model, data, s) for s in ("dev", "test")}
+    dev = splits["dev"]
+    search: dict[Decoding, dict[str, float]] = {}
+    for beam_size in beam_sizes:
         for block in (False, True):
             for alpha in alphas:
-                search[k, alpha, block] = _score(model, feats["dev"], refs["dev"], k, alpha, block)[1]["bleu4"]
-                log(f"dev {_setting(k, alpha, block)}: BLEU-4 {search[k, alpha, block]:.2f}")
-    beam_size, alpha, block = max(search, key=search.get)
-    runs = {"greedy": 1, "beam": beam_size, **{f"beam{k}": k for k in beam_sizes if k != beam_size}}
+                d = Decoding(beam_size, alpha, block)
+                captions, search[d] = _score(model, dev, d)
+                reranks = [replace(d, consensus=k, consensus_weight=w) for k in consensus for w in weights]
+                if model.consensus is not None and beam_size > 1 and reranks:
+                    agreement = model.agreement(captions, dev.seen, max(consensus))
+                    for r in reranks:
+                        picked = [
+                            rerank(c, a[:, : r.consensus], r.consensus_weight).tokens
+                            for c, a in zip(captions, agreement, strict=True)
+                        ]
+                        search[r] = corpus_metrics(picked, dev.references)
+    for d, m in search.items():
+        log(f"dev {_setting(d)}: BLEU-4 {m['bleu4']:.2f}, CIDEr-D {m['cider']:.3f}")
+    best = max(search, key=lambda d: dev_objective(search[d]))
+    runs = {"greedy": 1, "beam": best.beam_size, **{f"beam{k}": k for k in beam_sizes if k != best.beam_size}}
     results = {
-        split: {name: _score(model, feats[split], refs[split], k, alpha, block)[1] for name, k in runs.items()}
-        for split in ("dev", "test")
+        split: {name: _score(model, images, replace(best, beam_size=k))[1] for name, k in runs.items()}
+        for split, images in splits.items()
     }
     return {
         "model_id": model.info.id,
         "split": "test",
-        "decoding": {
-            "beam_size": beam_size,
-            "length_penalty": alpha,
-            "max_length": model.config.max_length,
-            "block_repeats": block,
+        "decoding": {**_decoding_block(best), "max_length": model.config.max_length},
+        "dev_search": {
+            _setting(d): {"bleu4": round(m["bleu4"], 3), "cider": round(m["cider"], 4)} for d, m in search.items()
         },
-        "dev_search_bleu4": {_setting(*key): round(value, 3) for key, value in search.items()},
         "corpus": results["test"],
         "dev": results["dev"],
     }

@@ -8,13 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-from captioner import hub, imagenet
+from captioner import familiarity, hub, imagenet
 from captioner.data import Flickr8k
 from captioner.errors import ModelError
 from captioner.files import (
     BEST_WEIGHTS,
     CARD_FILE,
     CONFIG_FILE,
+    CONSENSUS_FILE,
     ENSEMBLE_FILE,
     IMAGENET_STAGES_FILE,
     MEMBER_WEIGHTS,
@@ -24,6 +25,7 @@ from captioner.files import (
     write_atomic,
 )
 from captioner.model import SHARED_FIELDS, CaptionDecoder, ModelConfig, build_decoder, load_decoder
+from captioner.pipeline import Captioner
 from captioner.run_setup import tuned_layers
 from captioner.text import Vocabulary
 
@@ -44,8 +46,9 @@ def export_run(
     runs fine-tuned from one start, as cheap to run as any of them.
     Any of them may carry fine-tuned top stages: the first one's go into the backbone, a further member's into its
     own weights file, and the ImageNet weights of the most stages any member tuned ship as imagenet_stages.npz.
-    With `data`, also tune the decoding on dev, score dev and test into metrics.json, and write the model card. The
-    sha256 manifest comes last, so it covers every file.
+    With `data`, also index the training photos (familiarity calibration and consensus captions), tune the decoding
+    on dev, score dev and test into metrics.json, and write the model card. The sha256 manifest comes last, so it
+    covers every file.
     """
     from captioner import backbones
     from captioner.model import ImageCaptioner, Member, save_ensemble, save_model_dir
@@ -73,6 +76,7 @@ def export_run(
         backbone.get_layer(name).set_weights(arrays)
     save_model_dir(out, ImageCaptioner(backbone, decoder), config, vocab.to_json())
     stale = [
+        out / CONSENSUS_FILE,  # in the vocabulary's ids
         out / ENSEMBLE_FILE,
         out / IMAGENET_STAGES_FILE,
         *(f for f in out.iterdir() if MEMBER_WEIGHTS.fullmatch(f.name)),
@@ -87,11 +91,22 @@ def export_run(
         hub.write_manifest(out)
         return out
     from captioner.evaluate import tune_and_score
-    from captioner.pipeline import Captioner
 
+    index_training_photos(out, data)
     metrics = tune_and_score(Captioner.from_directory(out), data, log=log)
     write_atomic(out / METRICS_FILE, json.dumps(metrics, indent=2))
     return write_card(out)
+
+
+def index_training_photos(model_dir: Path, data: Flickr8k) -> None:
+    """Write the familiarity calibration and the consensus index of the training photos into a model directory."""
+    from captioner.consensus import Consensus
+    from captioner.evaluate import encode_split
+
+    model = Captioner.from_directory(model_dir)
+    seen = {split: encode_split(model, data, split).seen for split in ("train", "dev")}
+    familiarity.calibrate(seen["train"], seen["dev"]).save(model_dir)
+    Consensus.build([data.captions[n] for n in data.images("train")], model.vocab).save(model_dir, model.vocab)
 
 
 def write_card(model_dir: Path) -> Path:

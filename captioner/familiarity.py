@@ -47,10 +47,19 @@ class Familiarity:
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """Distance (N,) of feature grids (N, H, W, C) or pooled features (N, C) to the nearest training photos."""
-        q = _normalised(pool(features)) @ self.basis
-        sims = q @ self.refs.T  # (N, N_train)
+        sims = self._similarities(features)
         k = min(self.k, sims.shape[1])
         return 1.0 - np.partition(sims, -k, axis=1)[:, -k:].mean(axis=1)
+
+    def nearest(self, features: np.ndarray, k: int) -> np.ndarray:
+        """Indices (N, k) of the k training photos nearest each photo, nearest first (training split order)."""
+        sims = self._similarities(features)
+        k = min(k, sims.shape[1])
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        return np.take_along_axis(top, np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1), axis=1)
+
+    def _similarities(self, features: np.ndarray) -> np.ndarray:
+        return (_normalised(pool(features)) @ self.basis) @ self.refs.T  # (N, N_train)
 
     def unfamiliar(self, features: np.ndarray) -> list[bool]:
         """Whether each photo lies further from the training photos than the dev threshold."""

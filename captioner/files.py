@@ -26,11 +26,12 @@ IMAGENET_STAGES_FILE = "imagenet_stages.npz"  # a fine-tuned backbone's original
 # a training run directory's best weights so far: the decoder's and, with fine-tuning, its top stages'
 BEST_WEIGHTS, BEST_TOP_WEIGHTS = "best.weights.h5", "best_top.weights.h5"
 FAMILIARITY_FILE = "familiarity.npz"  # captioner.familiarity
+CONSENSUS_FILE = "consensus.npz"  # captioner.consensus
 # The files some models add: an ensemble's members, the backbone's ImageNet head (and original stages), the
-# familiarity calibration.
+# familiarity calibration, the consensus index.
 OPTIONAL_PATTERNS = (
     ENSEMBLE_FILE, "decoder*.weights.h5", IMAGENET_HEAD_FILE, IMAGENET_LABELS_FILE, IMAGENET_STAGES_FILE,
-    FAMILIARITY_FILE,
+    FAMILIARITY_FILE, CONSENSUS_FILE,
 )  # fmt: skip
 
 

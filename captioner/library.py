@@ -129,9 +129,12 @@ def caption_prepared(
 
 def result_rows(model: Captioner, encoded: Encoded, decoding: Decoding) -> list[dict]:
     """The result row of each encoded image: the fields `captioner caption --json` prints."""
-    block = decoding.block_repeats
-    greedy = model.decode(encoded, 1, decoding.length_penalty, block_repeats=block)
-    beam = model.decode(encoded, decoding.beam_size, decoding.length_penalty, block_repeats=block)
+    d = decoding
+    greedy = model.decode(encoded, 1, d.length_penalty, block_repeats=d.block_repeats)
+    beam = model.decode(
+        encoded, d.beam_size, d.length_penalty, block_repeats=d.block_repeats,
+        consensus=d.consensus, consensus_weight=d.consensus_weight,
+    )  # fmt: skip
     rows = [
         {"image": name, "greedy": _scored(g), "beam": _scored(b)}
         for name, g, b in zip(encoded.names, greedy, beam, strict=True)

@@ -125,7 +125,15 @@ class CiderD:
 
     def score(self, image: int, hypothesis: Tokens) -> float:
         """CIDEr-D of one hypothesis for image number `image`."""
-        vec, norm, length = _tfidf(_ngram_counts(hypothesis), self.doc_freq, self.log_n_images)
+        return self.score_vector(image, self.vector(hypothesis))
+
+    def vector(self, hypothesis: Tokens) -> tuple:
+        """A hypothesis' TF-IDF vectors under these references' document frequencies, for `score_vector`."""
+        return _tfidf(_ngram_counts(hypothesis), self.doc_freq, self.log_n_images)
+
+    def score_vector(self, image: int, hypothesis_vector: tuple) -> float:
+        """CIDEr-D of a hypothesis given as its `vector`: one caption scored against many images pays for it once."""
+        vec, norm, length = hypothesis_vector
         total = 0.0
         for vec_ref, norm_ref, length_ref in self.refs[image]:
             penalty = math.exp(-(float(length - length_ref) ** 2) / (2.0 * CIDER_SIGMA**2))

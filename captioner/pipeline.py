@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from captioner import backbones, familiarity, hub, imagenet
+from captioner.consensus import Consensus, rerank
 from captioner.decode import BeamSearch, Caption
 from captioner.ensemble import EnsembleDecoder, SharedBackbone
 from captioner.errors import BackboneError, ImageError, ModelError
@@ -37,6 +38,9 @@ class ModelInfo:
         return hub.model_id(self.source, self.path, self.commit)
 
 
+MAX_CONSENSUS = 100  # similar training photos to compare with, at most
+
+
 @dataclass(frozen=True)
 class Decoding:
     """Decoding settings: the ones a model was tuned with on dev (metrics.json), or the usual defaults."""
@@ -44,6 +48,8 @@ class Decoding:
     beam_size: int = 3
     length_penalty: float = 0.7
     block_repeats: bool = False
+    consensus: int = 0  # rerank the n-best by agreement with this many similar training photos' captions (0: off)
+    consensus_weight: float = 1.0  # the beam score's weight beside that agreement
 
     @classmethod
     def from_metrics(cls, metrics: Mapping) -> Decoding:
@@ -51,11 +57,14 @@ class Decoding:
         d = metrics.get("decoding") if isinstance(metrics, Mapping) else None
         d = d if isinstance(d, Mapping) else {}
         beam, alpha, block = d.get("beam_size"), d.get("length_penalty"), d.get("block_repeats")
+        k, weight = d.get("consensus"), d.get("consensus_weight")
         default = cls()
         return cls(
             beam if isinstance(beam, int) and 1 <= beam <= 20 else default.beam_size,
             float(alpha) if isinstance(alpha, int | float) and 0.0 <= alpha <= 2.0 else default.length_penalty,
             block if isinstance(block, bool) else default.block_repeats,
+            k if isinstance(k, int) and not isinstance(k, bool) and 0 <= k <= MAX_CONSENSUS else default.consensus,
+            float(weight) if isinstance(weight, int | float) and 0.0 <= weight <= 100.0 else default.consensus_weight,
         )
 
     @classmethod
@@ -117,6 +126,10 @@ class Captioner:
             _folded_top(config.backbone, self.stages, shipped, m.stages, info.path) if m.config.tuned_stages else None
             for m in members
         ]
+        # The training captions that consensus reranking compares with; it finds similar photos by familiarity.
+        self.consensus = Consensus.load(info.path, vocab) if self.familiarity is not None else None
+        if self.consensus is None:
+            self.tuned = replace(self.tuned, consensus=0)
         self.shared = SharedBackbone(model.backbone, self.stages > 0, config.tuned_stages > 0, original, tops)
         self.decoder = EnsembleDecoder(self.decoders, self.shared.slots) if members else model.decoder  # what runs
         self.search = BeamSearch(self.decoder, vocab, config.grid)
@@ -188,9 +201,17 @@ class Captioner:
         length_penalty: float | None = None,
         max_length: int | None = None,
         block_repeats: bool | None = None,
+        consensus: int | None = None,
+        consensus_weight: float | None = None,
     ) -> list[Caption]:
-        """Captions for encoded images; beam_size 1 is greedy; a setting left None is the model's tuned one."""
-        return self.decode_features(encoded.features, beam_size, length_penalty, max_length, block_repeats)
+        """Captions for encoded images; beam_size 1 is greedy; a setting left None is the model's tuned one.
+
+        `consensus` (photos, 0 for none) and `consensus_weight` set the reranking of the n-best (captioner.consensus).
+        """
+        return self.decode_features(
+            encoded.features, beam_size, length_penalty, max_length, block_repeats,
+            seen=encoded.seen, consensus=consensus, consensus_weight=consensus_weight,
+        )  # fmt: skip
 
     def decode_features(
         self,
@@ -199,14 +220,35 @@ class Captioner:
         length_penalty: float | None = None,
         max_length: int | None = None,
         block_repeats: bool | None = None,
+        *,
+        seen: np.ndarray | None = None,
+        consensus: int | None = None,
+        consensus_weight: float | None = None,
     ) -> list[Caption]:
         """Captions for backbone feature grids (N, H, W, C), e.g. from a feature cache; settings as in `decode`.
 
-        `block_repeats` forbids repeating any trigram within a caption.
+        `block_repeats` forbids repeating any trigram within a caption. The n-best is reranked by consensus only
+        when `seen` (`Encoded.seen` of the same images) is given: the similar training photos are found from it.
         """
-        d = self.tuned.overridden(beam_size=beam_size, length_penalty=length_penalty, block_repeats=block_repeats)
+        d = self.tuned.overridden(
+            beam_size=beam_size, length_penalty=length_penalty, block_repeats=block_repeats,
+            consensus=consensus, consensus_weight=consensus_weight,
+        )  # fmt: skip
+        if not 0 <= d.consensus <= MAX_CONSENSUS:
+            raise ValueError(f"Expected between 0 and {MAX_CONSENSUS} consensus photos. Received: {d.consensus}.")
         max_length = max_length or self.config.max_length
-        return self.search(features, d.beam_size, d.length_penalty, max_length, block_repeats=d.block_repeats)
+        captions = self.search(features, d.beam_size, d.length_penalty, max_length, block_repeats=d.block_repeats)
+        if not d.consensus or seen is None:
+            return captions
+        agreement = self.agreement(captions, seen, d.consensus)
+        return [rerank(c, a, d.consensus_weight) for c, a in zip(captions, agreement, strict=True)]
+
+    def agreement(self, captions: Sequence[Caption], seen: np.ndarray, k: int) -> list[np.ndarray]:
+        """Per caption, its n-best's CIDEr-D against the captions of the k training photos most like its image."""
+        if self.consensus is None or self.familiarity is None:
+            raise ModelError("This model has no consensus index (consensus.npz beside familiarity.npz) to rerank by.")
+        nearest = self.familiarity.nearest(seen, k)
+        return [self.consensus.agreement(c, photos) for c, photos in zip(captions, nearest, strict=True)]
 
     def caption(
         self,
@@ -215,9 +257,13 @@ class Captioner:
         length_penalty: float | None = None,
         max_length: int | None = None,
         block_repeats: bool | None = None,
+        consensus: int | None = None,
+        consensus_weight: float | None = None,
     ) -> list[Caption]:
         """Encode and decode in one call; settings left None are the model's tuned ones."""
-        return self.decode(self.encode(images), beam_size, length_penalty, max_length, block_repeats)
+        return self.decode(
+            self.encode(images), beam_size, length_penalty, max_length, block_repeats, consensus, consensus_weight
+        )
 
 
 def _inference_model(config: ModelConfig, weights_file: Path, stages: int) -> ImageCaptioner:

@@ -399,9 +399,11 @@ def test_dev_tuning_keeps_the_one_winning_setting_and_scores_every_beam_size(tin
     model.search = search
     lines = []
     metrics = tune_and_score(model, data, (1, 2), (0.0, 1.0), log=lines.append)
-    assert len(set(metrics["dev_search_bleu4"].values())) == 3  # one best, one second, the rest tied below
-    assert len(metrics["dev_search_bleu4"]) == len(lines) == 8  # 2 beam sizes × 2 α × blocking on/off
-    assert metrics["decoding"] == {"beam_size": 2, "length_penalty": 0.0, "max_length": 6, "block_repeats": True}
+    search = metrics["dev_search"]
+    assert len({m["bleu4"] for m in search.values()}) == 3  # one best, one second, the rest tied below
+    assert len(search) == len(lines) == 8  # 2 beam sizes × 2 α × blocking on/off; no consensus index, no reranking
+    assert metrics["decoding"] == {"beam_size": 2, "length_penalty": 0.0, "max_length": 6, "block_repeats": True,
+                                   "consensus": 0, "consensus_weight": 1.0}  # fmt: skip
     assert set(metrics["corpus"]) == set(metrics["dev"]) == {"greedy", "beam", "beam1"}
     assert metrics["dev"]["beam"]["bleu4"] == pytest.approx(100.0) == metrics["corpus"]["beam"]["bleu4"]
     assert metrics["dev"]["beam1"]["bleu4"] < 100.0
