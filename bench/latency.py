@@ -102,8 +102,11 @@ def main() -> None:
     model = Captioner.load(args.model)
     d = model.tuned
     print(f"model {model.info.source} ({model.config.backbone}, grid {model.config.grid})")
-    print(f"decoding as tuned on dev: α={d.length_penalty}, repeats blocked: {d.block_repeats}; times in ms")
-    tuned = {"length_penalty": d.length_penalty, "block_repeats": d.block_repeats}
+    rerank = f"{d.consensus} photos, weight {d.consensus_weight}" if d.consensus else "off"
+    print(f"decoding as tuned on dev: α={d.length_penalty}, repeats blocked: {d.block_repeats}, consensus reranking: "
+          f"{rerank}; times in ms")  # fmt: skip
+    tuned = {"length_penalty": d.length_penalty, "block_repeats": d.block_repeats, "consensus": d.consensus,
+             "consensus_weight": d.consensus_weight}  # fmt: skip
     photo, big = photos(500, 375, 1)[0], photos(4000, 3000, 1)[0]
     greedy = timed(lambda: model.caption([photo], 1, **tuned), args.repeats)
     print(f"500×375 photo end to end, greedy: {greedy}  (target <= 80)")
@@ -113,6 +116,11 @@ def main() -> None:
     if beam != 5:
         other = timed(lambda: model.caption([photo], beam, **tuned), args.repeats)
         print(f"500×375 photo end to end, beam {beam}{' (as tuned on dev)' if beam == d.beam_size else ''}: {other}")
+    if d.consensus:  # what reranking adds: the same photo and beam without it, in the same run
+        plain = timed(lambda: model.caption([photo], beam, **{**tuned, "consensus": 0}), args.repeats)
+        reranked = timed(lambda: model.caption([photo], beam, **tuned), args.repeats)
+        print(f"500×375 photo end to end, beam {beam}: without consensus reranking {plain}; with it {reranked} "
+              f"-> {reranked.median / plain.median:4.2f}x")  # fmt: skip
     big_greedy = timed(lambda: model.caption([big], 1, **tuned), max(5, args.repeats // 4))
     print(f"12 MP JPEG end to end, greedy:    {big_greedy}  (target <= 250)")
 
@@ -166,9 +174,9 @@ def main() -> None:
         data = load_flickr8k(SHARED / "flickr8k")
 
         def split() -> None:
-            f = encode_split(model, data, "test")
-            for k in (1, beam):  # what `captioner evaluate` decodes (with --beam)
-                model.decode_features(f, k)
+            images = encode_split(model, data, "test")
+            for k in (1, beam):  # what `captioner evaluate` decodes (with --beam), reranked as tuned
+                model.decode_features(images.features, k, seen=images.seen)
 
         runs = timed(split, args.split_repeats, warmup=0, scale=1.0)
         print(f"test split (1,000 images read from disk) greedy + beam {beam}, s: {runs}  (target <= 90)")

@@ -1,10 +1,10 @@
-"""The "Unfamiliar photo" signal: calibrate it on dev (optionally bundling it) and report how often it fires.
+"""The "Unfamiliar photo" signal: how often a model's calibration (made by `captioner export --data`) fires.
 
 Pooled features of train/dev/test come from the feature cache (`captioner features`); the out-of-domain photos are
-encoded by the bundled model: ../shared/backbones/photos (ImageNet photos; the flickr8k_* ones there are in-domain)
-and a set made here (rendered text, plain textures, charts).
+encoded by the model: ../shared/backbones/photos (ImageNet photos; the flickr8k_* ones there are in-domain) and a
+set made here (rendered text, plain textures, charts). A model without a calibration is calibrated here first.
 
-    python bench/unfamiliar.py --features CACHE --data FLICKR8K [--write assets/model]
+    python bench/unfamiliar.py --features CACHE --data FLICKR8K [--model DIR]
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 from _common import need_shared
 from PIL import Image, ImageDraw, ImageFont
 
-from captioner import familiarity, hub, paths
+from captioner import familiarity, paths
 from captioner.data import load_flickr8k
 from captioner.features import open_cache
 from captioner.files import FAMILIARITY_FILE
@@ -75,24 +75,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--features", required=True, help="feature cache root (captioner features --out)")
     parser.add_argument("--data", required=True, help="Flickr8k directory")
-    parser.add_argument("--write", help="model directory to bundle the calibration into (its manifest is refreshed)")
+    parser.add_argument("--model", default=paths.BUNDLED_MODEL_DIR, help="model directory (default: bundled)")
     args = parser.parse_args()
     from captioner.pipeline import Captioner
 
-    cap = Captioner.from_directory(args.write or paths.BUNDLED_MODEL_DIR)
+    cap = Captioner.from_directory(args.model)
     feats = split_features(args.features, args.data, cap.config.backbone, cap.config.image_size)
-    fam = familiarity.calibrate(feats["train"], feats["dev"])
-    if args.write:
-        size = fam.save(args.write).stat().st_size
-        hub.write_manifest(args.write)
-        print(f"wrote {FAMILIARITY_FILE} ({size / 2**20:.2f} MB) into {args.write}; manifest refreshed")
+    fam = cap.familiarity or familiarity.calibrate(feats["train"], feats["dev"])
+    print(f"calibration: {FAMILIARITY_FILE} of {args.model}" if cap.familiarity else "calibrated here, not bundled")
     shared = need_shared() / "backbones" / "photos"
     photos = sorted(p for p in shared.iterdir() if p.is_file())
     imagenet = [p for p in photos if not p.name.startswith("flickr8k_")]
     flickr = [p for p in photos if p.name.startswith("flickr8k_")]
     made = made_photos()
     sets = {
-        "Flickr8k dev (calibration)": feats["dev"],
+        "Flickr8k dev (the calibration's split)": feats["dev"],
         "Flickr8k test": feats["test"],
         "Flickr8k photos among the ImageNet set": cap.encode(flickr).seen,
         "ImageNet photos (not Flickr8k)": cap.encode(imagenet).seen,

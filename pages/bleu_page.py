@@ -349,11 +349,15 @@ def report_attention_ui(report: dict, name: str, thumb: Path) -> None:
         return
     d = report["decoding"]
     beam, alpha, block = int(d["beam_size"]), float(d["length_penalty"]), bool(d.get("block_repeats", False))
+    # Reports before consensus reranking have no such setting; a model without its index cannot rerank.
+    rerank = (int(d.get("consensus", 0)) if cap.consensus is not None else 0, float(d.get("consensus_weight", 1.0)))
     if report["model"].get("weights_sha256") not in (None, cap.info.weights_sha256):
         st.warning("The loaded model is not the one this report was computed with; its captions may differ.")
     try:
         image, captions = widgets.remember(
-            "report_attention", (str(thumb), beam, alpha, block), lambda: _run(cap, thumb, beam, alpha, block)
+            "report_attention",
+            (str(thumb), beam, alpha, block, rerank),
+            lambda: _run(cap, thumb, beam, alpha, block, rerank),
         )
     except CaptionerError as e:
         st.error(f"{thumb.name}: {e}")
@@ -366,12 +370,17 @@ def report_attention_ui(report: dict, name: str, thumb: Path) -> None:
     widgets.attention_ui(image, captions, sidebar.current_settings().opacity, f"report:{name}", Path(name).stem)
 
 
-def _run(cap: Captioner, thumb: Path, beam: int, alpha: float, block: bool) -> tuple[np.ndarray, dict[str, Caption]]:
+def _run(
+    cap: Captioner, thumb: Path, beam: int, alpha: float, block: bool, rerank: tuple[int, float]
+) -> tuple[np.ndarray, dict[str, Caption]]:
     image = load_image(thumb, thumb.name)
     with loader.model_lock():
         encoded = cap.encode([image], [thumb.name])
         greedy = cap.decode(encoded, beam_size=1, length_penalty=alpha, block_repeats=block)[0]
-        best = cap.decode(encoded, beam_size=beam, length_penalty=alpha, block_repeats=block)[0]
+        best = cap.decode(
+            encoded, beam_size=beam, length_penalty=alpha, block_repeats=block,
+            consensus=rerank[0], consensus_weight=rerank[1],
+        )[0]  # fmt: skip
     return image, {"Greedy": greedy, "Beam": best}
 
 

@@ -200,6 +200,8 @@ def captions_json(results: Sequence[Result], settings: sidebar.Settings, cap: Ca
             "length_penalty": settings.length_penalty,
             "max_length": cap.config.max_length,
             "block_repeats": settings.block_repeats,
+            "consensus": settings.consensus,
+            "consensus_weight": cap.tuned.consensus_weight,
         },
         "images": images,
     }
@@ -298,7 +300,7 @@ def _is_cached(key: tuple[str, str], settings: sidebar.Settings) -> bool:
     if isinstance(st.session_state["_cache_photo"][key], str):
         return True
     return all(
-        widgets.is_remembered("caption", (*key, k, settings.length_penalty, settings.block_repeats))
+        widgets.is_remembered("caption", (*key, k, settings.length_penalty, settings.block_repeats, settings.consensus))
         for k in (1, settings.beam_size)
     )
 
@@ -333,13 +335,14 @@ def _photo_or_error(cap: Captioner, upload: Upload, max_bytes: int) -> Photo | s
 
 
 def _decoded(cap: Captioner, photo: Photo, key: tuple[str, str], beam: int, settings: sidebar.Settings) -> Caption:
-    alpha, block = settings.length_penalty, settings.block_repeats
+    alpha, block, rerank = settings.length_penalty, settings.block_repeats, settings.consensus
 
     def run() -> Caption:
         with loader.model_lock():
-            return cap.decode(photo.encoded, beam_size=beam, length_penalty=alpha, block_repeats=block)[0]
+            captions = cap.decode(photo.encoded, beam, alpha, block_repeats=block, consensus=rerank)
+            return captions[0]
 
-    return widgets.remember("caption", (*key, beam, alpha, block), run)
+    return widgets.remember("caption", (*key, beam, alpha, block, rerank), run)
 
 
 def summary_ui(results: list[Result], settings: sidebar.Settings, cap: Captioner) -> None:

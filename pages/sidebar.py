@@ -19,6 +19,7 @@ class Settings:
     length_penalty: float = DEFAULT_ALPHA
     opacity: float = DEFAULT_OPACITY
     block_repeats: bool = False
+    consensus: int = 0  # similar training photos the beam's n-best is reranked by (0: not reranked)
 
 
 def settings_ui() -> Settings:
@@ -57,11 +58,19 @@ def settings_ui() -> Settings:
             help="Never repeat a three-word phrase within a caption (greedy and beam). The model's default is what "
             "scored best on the dev split.",
         )
+        tuned_consensus = cap.tuned.consensus if cap is not None else 0
+        rerank = tuned_consensus > 0 and st.toggle(
+            "Rerank by similar training photos",
+            value=True,
+            key="consensus",
+            help=f"Of the beam's finished captions, prefer the one closest to what people wrote for the "
+            f"{tuned_consensus} training photos most like this one (the model's default, chosen on the dev split).",
+        )
         st.subheader("Display")
         opacity = st.slider(
             "Heatmap opacity", 0.0, 1.0, step=0.05, key="opacity", help="0 shows the photo only, 1 the heatmap only."
         )
-    settings = Settings(int(beam), float(alpha), float(opacity), bool(block))
+    settings = Settings(int(beam), float(alpha), float(opacity), bool(block), tuned_consensus if rerank else 0)
     st.session_state["_settings"] = settings
     return settings
 
