@@ -137,7 +137,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _overrides(args: argparse.Namespace) -> dict:
     """The decoding settings given on the command line (None: the model's tuned one), checked."""
-    from captioner.pipeline import MAX_CONSENSUS
+    from captioner.consensus import MAX_CONSENSUS  # not via pipeline: TensorFlow must not load before use_onednn
 
     if args.consensus is not None and not 0 <= args.consensus <= MAX_CONSENSUS:
         raise CaptionerError(f"Expected --consensus between 0 and {MAX_CONSENSUS} photos. Received: {args.consensus}.")
@@ -158,6 +158,7 @@ def _caption(args: argparse.Namespace) -> int:
         raise CaptionerError("No images given: name files, folders or globs, or a list with --files-from LIST.")
     if args.batch < 1:
         raise CaptionerError(f"Expected --batch of at least 1. Received: {args.batch}.")
+    overrides = _overrides(args)
     if args.engine == "ray":
         from captioner.ray_engine import import_ray
 
@@ -171,7 +172,7 @@ def _caption(args: argparse.Namespace) -> int:
 
         use_onednn()  # batched backbone ~2x faster on AVX2-only CPUs (one image at a time it is slower)
     try:
-        counts = _caption_paths(args, todo, results) if todo else (0, 0, "nothing left to caption")
+        counts = _caption_paths(args, todo, results, overrides) if todo else (0, 0, "nothing left to caption")
     finally:
         if results:
             results.close()
@@ -182,8 +183,11 @@ def _caption(args: argparse.Namespace) -> int:
     return 1 if counts[1] or earlier_failed else 0
 
 
-def _caption_paths(args: argparse.Namespace, todo: list[str], results) -> tuple[int, int, str]:
-    """Caption `todo` with the chosen engine, writing rows as they finish; (captioned, failed, speed line)."""
+def _caption_paths(args: argparse.Namespace, todo: list[str], results, overrides: dict) -> tuple[int, int, str]:
+    """Caption `todo` with the chosen engine and decoding overrides, writing rows as they finish.
+
+    Returns (captioned, failed, speed line).
+    """
     import time
 
     from tqdm.auto import tqdm
@@ -193,7 +197,6 @@ def _caption_paths(args: argparse.Namespace, todo: list[str], results) -> tuple[
     from captioner.library import caption_paths
     from captioner.pipeline import Captioner, Decoding
 
-    overrides = _overrides(args)
     if args.engine == "ray":
         from captioner.ray_engine import caption_paths_ray
 

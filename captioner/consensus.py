@@ -24,6 +24,8 @@ from captioner.text import Vocabulary
 if TYPE_CHECKING:
     from captioner.decode import Caption
 
+MAX_CONSENSUS = 100  # similar training photos to compare with, at most
+
 
 class Consensus:
     """The training photos' captions (tokens, one list per photo) and a CIDEr-D scorer against them."""

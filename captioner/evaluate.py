@@ -150,6 +150,7 @@ def tune_and_score(
             for alpha in alphas:
                 d = Decoding(beam_size, alpha, block)
                 captions, search[d] = _score(model, dev, d)
+                log(f"dev {_setting(d)}: BLEU-4 {search[d]['bleu4']:.2f}, CIDEr-D {search[d]['cider']:.3f}")
                 reranks = [replace(d, consensus=k, consensus_weight=w) for k in consensus for w in weights]
                 if model.consensus is not None and beam_size > 1 and reranks:
                     agreement = model.agreement(captions, dev.seen, max(consensus))
@@ -159,8 +160,7 @@ def tune_and_score(
                             for c, a in zip(captions, agreement, strict=True)
                         ]
                         search[r] = corpus_metrics(picked, dev.references)
-    for d, m in search.items():
-        log(f"dev {_setting(d)}: BLEU-4 {m['bleu4']:.2f}, CIDEr-D {m['cider']:.3f}")
+                        log(f"dev {_setting(r)}: BLEU-4 {search[r]['bleu4']:.2f}, CIDEr-D {search[r]['cider']:.3f}")
     best = max(search, key=lambda d: dev_objective(search[d]))
     runs = {"greedy": 1, "beam": best.beam_size, **{f"beam{k}": k for k in beam_sizes if k != best.beam_size}}
     results = {

@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from captioner import backbones, familiarity, hub, imagenet
-from captioner.consensus import Consensus, rerank
+from captioner.consensus import MAX_CONSENSUS, Consensus, rerank
 from captioner.decode import BeamSearch, Caption
 from captioner.ensemble import EnsembleDecoder, SharedBackbone
 from captioner.errors import BackboneError, ImageError, ModelError
@@ -36,9 +36,6 @@ class ModelInfo:
     def id(self) -> str:
         """The model's logical name for reports and metrics: `bundled`, `hf://OWNER/REPO@SHA` or a directory name."""
         return hub.model_id(self.source, self.path, self.commit)
-
-
-MAX_CONSENSUS = 100  # similar training photos to compare with, at most
 
 
 @dataclass(frozen=True)

@@ -201,7 +201,7 @@ def captions_json(results: Sequence[Result], settings: sidebar.Settings, cap: Ca
             "max_length": cap.config.max_length,
             "block_repeats": settings.block_repeats,
             "consensus": settings.consensus,
-            "consensus_weight": cap.tuned.consensus_weight,
+            "consensus_weight": settings.consensus_weight,
         },
         "images": images,
     }
@@ -339,7 +339,10 @@ def _decoded(cap: Captioner, photo: Photo, key: tuple[str, str], beam: int, sett
 
     def run() -> Caption:
         with loader.model_lock():
-            captions = cap.decode(photo.encoded, beam, alpha, block_repeats=block, consensus=rerank)
+            captions = cap.decode(
+                photo.encoded, beam, alpha, block_repeats=block,
+                consensus=rerank, consensus_weight=settings.consensus_weight,
+            )  # fmt: skip
             return captions[0]
 
     return widgets.remember("caption", (*key, beam, alpha, block, rerank), run)

@@ -20,6 +20,7 @@ class Settings:
     opacity: float = DEFAULT_OPACITY
     block_repeats: bool = False
     consensus: int = 0  # similar training photos the beam's n-best is reranked by (0: not reranked)
+    consensus_weight: float = 1.0  # the model's tuned weight of the beam score in that reranking
 
 
 def settings_ui() -> Settings:
@@ -70,7 +71,8 @@ def settings_ui() -> Settings:
         opacity = st.slider(
             "Heatmap opacity", 0.0, 1.0, step=0.05, key="opacity", help="0 shows the photo only, 1 the heatmap only."
         )
-    settings = Settings(int(beam), float(alpha), float(opacity), bool(block), tuned_consensus if rerank else 0)
+    weight = cap.tuned.consensus_weight if cap is not None else Settings.consensus_weight
+    settings = Settings(int(beam), float(alpha), float(opacity), bool(block), tuned_consensus if rerank else 0, weight)
     st.session_state["_settings"] = settings
     return settings
 

@@ -612,7 +612,7 @@ def test_exports_list_every_file_with_captions_or_its_error(tiny_model_dir):
         caption.Result("a.jpg", photo=None, greedy=_caption_result("a dog"), beam=_caption_result("a brown dog", 2)),
         caption.Result("b.png", error="b.png: the file is empty (0 bytes)."),
     ]
-    settings = sidebar.Settings(beam_size=2, length_penalty=0.5, opacity=0.4, block_repeats=True)
+    settings = sidebar.Settings(2, 0.5, 0.4, block_repeats=True, consensus=10, consensus_weight=0.5)
     rows = caption.captions_csv(results, settings).decode().splitlines()
     assert rows[0].startswith("file,greedy_caption,greedy_log_prob,beam_caption")
     assert rows[1].startswith("a.jpg,a dog,-3.5000,a brown dog,-3.5000,-1.2000,2,0.5,")
@@ -622,7 +622,8 @@ def test_exports_list_every_file_with_captions_or_its_error(tiny_model_dir):
     fake.info = ModelInfo("tiny", tiny_model_dir, None, "f" * 64)
     fake.config = type("Cfg", (), {"max_length": 6})()
     doc = json.loads(caption.captions_json(results, settings, fake))
-    assert doc["decoding"] == {"beam_size": 2, "length_penalty": 0.5, "max_length": 6, "block_repeats": True}
+    assert doc["decoding"] == {"beam_size": 2, "length_penalty": 0.5, "max_length": 6, "block_repeats": True,
+                               "consensus": 10, "consensus_weight": 0.5}  # fmt: skip
     assert doc["images"][0]["greedy"]["words"] == [{"word": "a", "p": 0.5}, {"word": "dog", "p": 0.5}]
     assert len(doc["images"][0]["beam"]["n_best"]) == 2
     assert doc["images"][1] == {"file": "b.png", "error": "b.png: the file is empty (0 bytes)."}

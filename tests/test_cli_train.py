@@ -14,7 +14,7 @@ from captioner import backbones, cli
 from captioner.config import ModelConfig, TrainConfig
 from captioner.hub import verify_manifest
 from captioner.paths import BUNDLED_MODEL_DIR
-from captioner.pipeline import Captioner
+from captioner.pipeline import Captioner, Decoding
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
 
@@ -62,9 +62,15 @@ def test_features_train_resume_self_critical_and_export(tmp_path, tiny_dataset, 
     assert json.loads((run / "config.json").read_text())["backbone"] == "tiny_cli"
 
     out = tmp_path / "model"
-    assert cli.main(["export", "--run", str(run), "--out", str(out)]) == 0
-    verify_manifest(out)
+    assert cli.main(["export", "--run", str(run), "--out", str(out), "--data", str(tiny_dataset)]) == 0
+    verify_manifest(out)  # covers what --data adds: the familiarity calibration, the consensus index, the scores
+    listed = json.loads((out / "manifest.json").read_text())["files"]
+    assert {"familiarity.npz", "consensus.npz", "metrics.json"} <= set(listed)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert any("consensus" in setting for setting in metrics["dev_search"])  # reranking was searched on dev
     model = Captioner.load(str(out))
+    assert model.consensus is not None and len(model.consensus.captions) == 6  # the six training photos'
+    assert model.tuned == Decoding.from_metrics(metrics)
     caption = model.caption([np.full((30, 40, 3), 200, np.uint8)])[0]
     assert set(caption.tokens) <= {"a", "red", "blue", "green", "square"}
 
@@ -85,6 +91,13 @@ def test_features_train_resume_self_critical_and_export(tmp_path, tiny_dataset, 
     assert not (ensemble / "ensemble.json").exists() and not (ensemble / "decoder1.weights.h5").exists()
     for got, a, b in zip(soup.decoders[0].weights, *(d.weights for d in loaded.decoders), strict=True):
         np.testing.assert_allclose(got.numpy(), (a.numpy() + b.numpy()) / 2, atol=1e-3)  # saved as float16
+
+
+def test_a_consensus_setting_that_cannot_work_is_refused_in_one_line(tmp_path, capsys):
+    assert cli.main(["caption", str(tmp_path), "--consensus", "-1"]) == 2
+    assert capsys.readouterr().err == "error: Expected --consensus between 0 and 100 photos. Received: -1.\n"
+    assert cli.main(["evaluate", "--data", str(tmp_path), "--consensus-weight", "-0.5"]) == 2
+    assert capsys.readouterr().err == "error: Expected a --consensus-weight of at least 0. Received: -0.5.\n"
 
 
 def test_train_without_features_says_what_to_run(tmp_path, tiny_dataset, tiny_backbone, capsys):
