@@ -116,12 +116,20 @@ class CiderD:
     """
 
     def __init__(self, references: list[list[Tokens]]):
-        ref_counts = [[_ngram_counts(r) for r in refs] for refs in references]
+        self.references = references
         self.doc_freq: Counter[tuple[str, ...]] = Counter()
-        for refs in ref_counts:
-            self.doc_freq.update({ngram for counts in refs for ngram in counts})
+        for refs in references:
+            self.doc_freq.update({ngram for ref in refs for ngram in _ngram_counts(ref)})
         self.log_n_images = math.log(float(len(references)))
-        self.refs = [[_tfidf(r, self.doc_freq, self.log_n_images) for r in refs] for refs in ref_counts]
+        # Each image's reference vectors are made when it is first scored against: consensus reranking reads a few
+        # of 6,000 training photos per caption, and all of them would hold ~150 MB.
+        self._refs: dict[int, list[tuple]] = {}
+
+    def refs(self, image: int) -> list[tuple]:
+        """The TF-IDF vectors, norms and lengths of one image's references."""
+        if image not in self._refs:
+            self._refs[image] = [self.vector(r) for r in self.references[image]]
+        return self._refs[image]
 
     def score(self, image: int, hypothesis: Tokens) -> float:
         """CIDEr-D of one hypothesis for image number `image`."""
@@ -135,7 +143,8 @@ class CiderD:
         """CIDEr-D of a hypothesis given as its `vector`: one caption scored against many images pays for it once."""
         vec, norm, length = hypothesis_vector
         total = 0.0
-        for vec_ref, norm_ref, length_ref in self.refs[image]:
+        refs = self.refs(image)
+        for vec_ref, norm_ref, length_ref in refs:
             penalty = math.exp(-(float(length - length_ref) ** 2) / (2.0 * CIDER_SIGMA**2))
             for order in range(CIDER_N):
                 ref_vec = vec_ref[order]
@@ -143,7 +152,7 @@ class CiderD:
                 if norm[order] != 0 and norm_ref[order] != 0:
                     dot /= norm[order] * norm_ref[order]
                 total += dot * penalty
-        return 10.0 * total / CIDER_N / len(self.refs[image])
+        return 10.0 * total / CIDER_N / len(refs)
 
 
 def cider_d(hypotheses: list[Tokens], references: list[list[Tokens]]) -> tuple[float, list[float]]:

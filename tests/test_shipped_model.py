@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import FLICKR8K, PHOTOS, needs_shared
+from conftest import FLICKR8K, PHOTOS, needs_module, needs_shared
 
 from captioner import Captioner
 from captioner.evaluate import evaluate_split
 from captioner.files import sha256_file
 from captioner.hub import verify_manifest
+from captioner.metrics import tokenize
 from captioner.paths import BUNDLED_MODEL_DIR, BUNDLED_REPORT
 from captioner.report import read_report
 
@@ -63,6 +64,24 @@ def test_bundled_report_matches_the_bundled_model():
     thumbs = {p.name for p in THUMBS.glob("*.jpg")}
     assert {img["image"] for img in report["images"]} <= thumbs
     assert sum(p.stat().st_size for p in THUMBS.glob("*.jpg")) <= 12e6
+
+
+def test_coco_caption_scores_the_bundled_report_as_we_do():
+    # Catches our BLEU or CIDEr-D drifting from the reference implementation the published numbers use.
+    needs_module("pycocoevalcap", "coco-caption's scorers come with the dev extra")
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+
+    report = read_report(BUNDLED_REPORT)
+    # Tokenised as our scorer does: coco-caption's own tokeniser needs Java, and both lowercase and drop punctuation.
+    refs = {i: [" ".join(tokenize(c)) for c in im["references"]] for i, im in enumerate(report["images"])}
+    for mode in ("greedy", "beam"):
+        hyps = {i: [" ".join(tokenize(im[mode]["caption"]))] for i, im in enumerate(report["images"])}
+        bleu, _ = Bleu(4).compute_score(refs, hyps, verbose=0)
+        cider, _ = Cider().compute_score(refs, hyps)
+        ours = report["corpus"][mode]
+        assert [100 * b for b in bleu] == pytest.approx([ours[f"bleu{n}"] for n in range(1, 5)], abs=0.01), mode
+        assert cider == pytest.approx(ours["cider"], abs=1e-6), mode
 
 
 @pytest.mark.slow
