@@ -528,6 +528,19 @@ def test_model_card_body_is_markdown_with_the_required_sections(model_dir: Path)
     assert "6,000 train, 1,000 dev, 1,000 test" in body
 
 
+def test_model_card_names_consensus_reranking_when_the_model_was_tuned_with_it(model_dir: Path) -> None:
+    # Catches a card whose scores and usage omit the reranking the scores were made with.
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    metrics["decoding"] |= {"consensus": 10, "consensus_weight": 2.0}
+    (model_dir / "metrics.json").write_text(json.dumps(metrics))
+    meta, body = split_card(model_card(model_dir, repo_id=REPO))
+    names = {m["name"] for m in meta["model-index"][0]["results"][0]["metrics"]}
+    assert "BLEU-4 (beam 3, length penalty 0.7, reranked by 10 similar training photos)" in names
+    assert "BLEU-4 (greedy)" in names  # greedy has one caption: nothing to rerank
+    assert "the 10 most similar training photos" in body and "plus 2.0 × its beam score" in body
+    assert "consensus=10)" in body
+
+
 def test_model_card_without_metrics_says_not_evaluated(tmp_path: Path) -> None:
     path = make_model_dir(tmp_path / "unevaluated", metrics=False)
     meta, body = split_card(model_card(path))

@@ -73,7 +73,9 @@ def _decoding_label(kind: str, decoding: Mapping[str, object]) -> str:
     if not kind.startswith("beam"):
         return kind
     size = decoding.get("beam_size", "?") if kind == "beam" else kind.removeprefix("beam")  # "beam3": beam size 3
-    return f"beam {size}, length penalty {decoding.get('length_penalty', '?')}{blocked}"
+    k = decoding.get("consensus")
+    reranked = f", reranked by {k} similar training photos" if isinstance(k, int) and k > 0 else ""
+    return f"beam {size}, length penalty {decoding.get('length_penalty', '?')}{blocked}{reranked}"
 
 
 def _score(value: object, key: str) -> str:
@@ -232,6 +234,8 @@ def model_card(model_dir: str | os.PathLike[str], repo_id: str | None = None) ->
     beam = decoding.get("beam_size", 3)
     penalty = decoding.get("length_penalty", 0.7)
     block = decoding.get("block_repeats") is True
+    k, weight = decoding.get("consensus"), decoding.get("consensus_weight", 1.0)
+    consensus = k if isinstance(k, int) and k > 0 else 0
     max_length = config.get("max_length") or decoding.get("max_length")
     sections = [
         f"# {name}",
@@ -258,13 +262,22 @@ def model_card(model_dir: str | os.PathLike[str], repo_id: str | None = None) ->
         f"ranked by log-probability / length^{penalty})"
         + (f", at most {max_length} words" if max_length else "")
         + (", and no three-word phrase repeated within a caption (greedy too)" if block else "")
-        + ". Beam size 1 is greedy decoding. The settings were chosen on the dev split.",
+        + ". Beam size 1 is greedy decoding."
+        + (
+            f" The beam's finished captions are then reranked by consensus: each scores its CIDEr-D agreement with "
+            f"the captions of the {consensus} most similar training photos (`consensus.npz`, found through "
+            f"`familiarity.npz`) plus {weight} × its beam score."
+            if consensus
+            else ""
+        )
+        + " The settings were chosen on the dev split.",
         "## How to use",
         "Install the `captioner` package, then load this model by its Hub address. Pin a commit SHA — a branch "
         "or tag works but can move, and `captioner` says so:",
         f'```python\nfrom captioner import Captioner\n\ncap = Captioner.load("hf://{repo}@COMMIT_SHA")\n'
         f'print(cap.caption(["photo.jpg"], beam_size={beam}, length_penalty={penalty}'
         + (", block_repeats=True" if block else "")
+        + (f", consensus={consensus}" if consensus else "")
         + ")[0].text)\nprint(cap.info)  # source, commit, "
         "weights sha256\n```",
         f"The command line and the app take the same address: `--model hf://{repo}@COMMIT_SHA`, or "
