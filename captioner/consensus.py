@@ -4,7 +4,7 @@ similar training photos (Devlin et al., 2015, "Exploring Nearest Neighbor Approa
 Agreement is CIDEr-D against those photos' captions, with document frequencies over the training captions; a
 caption's final score is its mean agreement plus `weight` × its beam score. The similar photos are the familiarity
 check's nearest ones (`familiarity.npz` keeps the training photos' features in the same order as this index).
-The model directory carries the training captions as vocabulary ids in `consensus.npz` (int16, ~0.5 MB).
+The model directory carries the training captions as vocabulary ids in `consensus.npz` (int16, ~0.3 MB).
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ class Consensus:
         try:
             with np.load(path, allow_pickle=False) as z:
                 ids, lengths, per_photo = z["ids"], z["lengths"].astype(np.int64), z["per_photo"].astype(np.int64)
-            if lengths.sum() != len(ids) or per_photo.sum() != len(lengths) or (ids.size and ids.max() >= len(vocab)):
+            fits = lengths.sum() == len(ids) and per_photo.sum() == len(lengths)
+            if not fits or (ids.size and not 0 <= ids.min() <= ids.max() < len(vocab)):
                 raise ValueError("its arrays do not fit together or this vocabulary")
         except (OSError, ValueError, KeyError) as e:
             raise ModelError(f"Unreadable {path}: {e}") from e
