@@ -6,8 +6,9 @@ import math
 import warnings
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 from nltk.translate import bleu_score
 
 from captioner.errors import DataError
@@ -107,6 +108,12 @@ def _tfidf(
     return vec, [math.sqrt(x) for x in norm], length
 
 
+class _References(NamedTuple):
+    weights: list[dict[tuple[str, ...], list[tuple[int, float]]]]  # per order: n-gram -> (reference, its weight)
+    norms: np.ndarray  # (references, orders)
+    lengths: np.ndarray  # (references,)
+
+
 class CiderD:
     """CIDEr-D (coco-caption `cider_scorer.py`) against a fixed set of images' references.
 
@@ -123,12 +130,20 @@ class CiderD:
         self.log_n_images = math.log(float(len(references)))
         # Each image's reference vectors are made when it is first scored against: consensus reranking reads a few
         # of 6,000 training photos per caption, and all of them would hold ~150 MB.
-        self._refs: dict[int, list[tuple]] = {}
+        self._refs: dict[int, _References] = {}
 
-    def refs(self, image: int) -> list[tuple]:
-        """The TF-IDF vectors, norms and lengths of one image's references."""
+    def refs(self, image: int) -> _References:
+        """One image's references: per n-gram order, the references holding each n-gram and its TF-IDF weight there;
+        their norms and lengths."""
         if image not in self._refs:
-            self._refs[image] = [self.vector(r) for r in self.references[image]]
+            vectors = [self.vector(r) for r in self.references[image]]
+            weights: list[dict[tuple[str, ...], list[tuple[int, float]]]] = [{} for _ in range(CIDER_N)]
+            for i, (vec, _, _) in enumerate(vectors):
+                for order, ngrams in enumerate(vec):
+                    for ngram, w in ngrams.items():
+                        weights[order].setdefault(ngram, []).append((i, w))
+            norms = np.array([norm for _, norm, _ in vectors]).reshape(len(vectors), CIDER_N)
+            self._refs[image] = _References(weights, norms, np.array([length for *_, length in vectors], float))
         return self._refs[image]
 
     def score(self, image: int, hypothesis: Tokens) -> float:
@@ -142,17 +157,18 @@ class CiderD:
     def score_vector(self, image: int, hypothesis_vector: tuple) -> float:
         """CIDEr-D of a hypothesis given as its `vector`: one caption scored against many images pays for it once."""
         vec, norm, length = hypothesis_vector
-        total = 0.0
         refs = self.refs(image)
-        for vec_ref, norm_ref, length_ref in refs:
-            penalty = math.exp(-(float(length - length_ref) ** 2) / (2.0 * CIDER_SIGMA**2))
-            for order in range(CIDER_N):
-                ref_vec = vec_ref[order]
-                dot = sum(min(w, ref_vec.get(g, 0.0)) * ref_vec.get(g, 0.0) for g, w in vec[order].items())
-                if norm[order] != 0 and norm_ref[order] != 0:
-                    dot /= norm[order] * norm_ref[order]
-                total += dot * penalty
-        return 10.0 * total / CIDER_N / len(refs)
+        dot = [[0.0] * CIDER_N for _ in range(len(refs.lengths))]  # (references, orders): the clipped dot products
+        for order, ngrams in enumerate(vec):
+            in_refs = refs.weights[order]
+            for ngram, w in ngrams.items():
+                for i, ref_w in in_refs.get(ngram, ()):  # the references that hold this n-gram
+                    dot[i][order] += min(w, ref_w) * ref_w
+        dots = np.array(dot)
+        both = np.asarray(norm) * refs.norms
+        dots = np.divide(dots, both, out=dots, where=both != 0)  # an empty side leaves its dot (0) as it is
+        penalty = np.exp(-((length - refs.lengths) ** 2) / (2.0 * CIDER_SIGMA**2))
+        return float(10.0 * (dots * penalty[:, None]).sum() / CIDER_N / len(refs.lengths))
 
 
 def cider_d(hypotheses: list[Tokens], references: list[list[Tokens]]) -> tuple[float, list[float]]:
