@@ -225,6 +225,8 @@ def caption_page() -> None:
     cap = loader.captioner_ui()
     if cap is None:
         return
+    if not sidebar.has_model_defaults():
+        st.rerun()  # the sidebar was drawn before the model loaded: draw it with the model's tuned settings first
     settings = sidebar.current_settings()
     results = caption_batch_ui(cap, uploads, settings)
     if not results:

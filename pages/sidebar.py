@@ -77,6 +77,11 @@ def settings_ui() -> Settings:
     return settings
 
 
+def has_model_defaults() -> bool:
+    """Whether the sidebar has adopted the loaded model's tuned settings (it draws before the model may be ready)."""
+    return bool(st.session_state.get("_model_defaults"))
+
+
 def current_settings() -> Settings:
     """The sidebar settings of this run."""
     return st.session_state.get("_settings", Settings())
