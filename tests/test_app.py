@@ -535,7 +535,10 @@ def test_the_beam_caption_is_reranked_as_tuned_until_the_sidebar_turns_it_off(ap
     at = _app()
     at.file_uploader(key="uploads").set_value(("photo.jpg", data, "image/jpeg")).run()
     _no_exceptions(at)
-    beams = lambda: {k[-1]: c.text for k, c in at.session_state["_cache_caption"].items() if k[-4] == 3}  # noqa: E731
+
+    def beams() -> dict[int, str]:  # the cached beam-3 captions by their reranking setting (photos, 0 for none)
+        return {k[-1]: c.text for k, c in at.session_state["_cache_caption"].items() if k[-4] == 3}
+
     assert at.toggle(key="consensus").value is True
     assert beams() == {2: second.text}
     at.toggle(key="consensus").set_value(False).run()
