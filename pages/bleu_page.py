@@ -134,8 +134,10 @@ def corpus_table(report: dict) -> pd.DataFrame:
         }
 
     corpus, k = report["corpus"], report["decoding"]["beam_size"]
+    similar = report["decoding"].get("consensus", 0)  # reports made before reranking have no such setting
+    reranked = f", reranked by {similar} similar training photos" if similar else ""
     rows = [{"": "This model — greedy", **cells(corpus["greedy"])}]
-    rows += [{"": f"This model — beam (k={k})", **cells(corpus["beam"])}]
+    rows += [{"": f"This model — beam (k={k}{reranked})", **cells(corpus["beam"])}]
     rows += [{"": name, **cells(scores)} for name, scores in PUBLISHED.items()]
     return pd.DataFrame(rows)
 

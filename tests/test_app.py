@@ -682,6 +682,15 @@ def _table(at: AppTest):
     return at.dataframe[0].value
 
 
+def test_corpus_table_names_the_reranking_the_beam_scores_were_made_with():
+    # Catches the table presenting reranked scores as plain beam search.
+    scores = {"bleu1": 68.3, "bleu2": 50.0, "bleu3": 35.6, "bleu4": 24.9, "cider": 0.632}
+    report = {"corpus": {"greedy": scores, "beam": scores}, "decoding": {"beam_size": 10, "consensus": 10}}
+    assert bleu.corpus_table(report)[""][1] == "This model — beam (k=10, reranked by 10 similar training photos)"
+    del report["decoding"]["consensus"]  # a report from before reranking
+    assert bleu.corpus_table(report)[""][1] == "This model — beam (k=10)"
+
+
 def test_bleu_page_shows_corpus_scores_beside_the_published_anchors(app_env, report_file):
     at = _bleu_app()
     corpus = at.table[0].value
