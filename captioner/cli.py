@@ -10,18 +10,13 @@ import tempfile
 from pathlib import Path
 
 from captioner import hub
+from captioner.cli_decoding import add_decoding_arguments, decoding_overrides
 from captioner.config import ATTENTION_KINDS, ModelConfig, TrainConfig
 from captioner.errors import CaptionerError
 from captioner.library import DEFAULT_BATCH
 from captioner.paths import cache_dir
 
 MODEL, TRAIN = ModelConfig(), TrainConfig()  # every training default below is theirs: the bundled model's recipe
-BLOCK_HELP = "never repeat a three-word phrase within a caption (default: as the model was tuned on dev)"
-CONSENSUS_HELP = (
-    "rerank the beam's n-best by agreement with the captions of the K most similar training photos; 0 turns it off "
-    "(default: as the model was tuned on dev)"
-)
-CONSENSUS_WEIGHT_HELP = "weight of the beam score beside that agreement (default: as the model was tuned on dev)"
 # What TensorFlow's C++ side prints while it loads, before TF_CPP_MIN_LOG_LEVEL applies (e.g. "oneDNN custom operations
 # are on" on AVX-512 CPUs): INFO lines and absl's notice about them. They would break "one error line per failure".
 _IMPORT_NOISE = ("I0000 ", "WARNING: All log messages before absl::InitializeLog() is called")
@@ -123,7 +118,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     _import_tensorflow()
     from captioner.evaluate import evaluate_split
 
-    d = _overrides(args)
+    d = decoding_overrides(args)
     report = evaluate_split(
         args.model, args.data, args.split, d["beam_size"], d["length_penalty"], args.out, d["block_repeats"],
         d["consensus"], d["consensus_weight"],
@@ -135,20 +130,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _overrides(args: argparse.Namespace) -> dict:
-    """The decoding settings given on the command line (None: the model's tuned one), checked."""
-    from captioner.consensus import MAX_CONSENSUS  # not via pipeline: TensorFlow must not load before use_onednn
-
-    if args.consensus is not None and not 0 <= args.consensus <= MAX_CONSENSUS:
-        raise CaptionerError(f"Expected --consensus between 0 and {MAX_CONSENSUS} photos. Received: {args.consensus}.")
-    if args.consensus_weight is not None and args.consensus_weight < 0:
-        raise CaptionerError(f"Expected a --consensus-weight of at least 0. Received: {args.consensus_weight}.")
-    return {
-        "beam_size": args.beam, "length_penalty": args.length_penalty, "block_repeats": args.block_repeats,
-        "consensus": args.consensus, "consensus_weight": args.consensus_weight,
-    }  # fmt: skip
-
-
 def _caption(args: argparse.Namespace) -> int:
     from captioner.library import find_images, read_list
     from captioner.results import open_results
@@ -158,7 +139,7 @@ def _caption(args: argparse.Namespace) -> int:
         raise CaptionerError("No images given: name files, folders or globs, or a list with --files-from LIST.")
     if args.batch < 1:
         raise CaptionerError(f"Expected --batch of at least 1. Received: {args.batch}.")
-    overrides = _overrides(args)
+    overrides = decoding_overrides(args)
     if args.engine == "ray":
         from captioner.ray_engine import import_ray
 
@@ -397,11 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="corpus BLEU-1..4 and CIDEr-D on a split, greedy and beam")
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="test", choices=["train", "dev", "test"])
-    p.add_argument("--beam", type=int, default=None, help="beam size (default: the model's tuned value)")
-    p.add_argument("--length-penalty", type=float, default=None, help="α (default: the model's tuned value)")
-    p.add_argument("--block-repeats", action=argparse.BooleanOptionalAction, help=BLOCK_HELP)
-    p.add_argument("--consensus", type=int, default=None, metavar="K", help=CONSENSUS_HELP)
-    p.add_argument("--consensus-weight", type=float, default=None, metavar="W", help=CONSENSUS_WEIGHT_HELP)
+    add_decoding_arguments(p)
     p.add_argument("--model", default=None, help="model directory or hf://OWNER/REPO@REV (default: bundled)")
     p.add_argument("--out", default=None, help="write the JSON report here")
     p.set_defaults(handler=_evaluate)
@@ -415,11 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="Ray actors, each with a model (default: one per CPU)")
     p.add_argument("--worker-cpus", type=int, default=1, help="CPUs reserved per Ray actor (default 1)")
     p.add_argument("--ray-address", default=None, help="'auto' or ray://HOST:PORT (default: start a local Ray)")
-    p.add_argument("--beam", type=int, default=None, help="beam size (default: the model's tuned value)")
-    p.add_argument("--length-penalty", type=float, default=None, help="α (default: the model's tuned value)")
-    p.add_argument("--block-repeats", action=argparse.BooleanOptionalAction, help=BLOCK_HELP)
-    p.add_argument("--consensus", type=int, default=None, metavar="K", help=CONSENSUS_HELP)
-    p.add_argument("--consensus-weight", type=float, default=None, metavar="W", help=CONSENSUS_WEIGHT_HELP)
+    add_decoding_arguments(p)
     p.add_argument("--model", default=None)
     p.add_argument("--json", action="store_true", help="print a JSON list at the end (without --out)")
     p.set_defaults(handler=_caption)
