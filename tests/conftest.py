@@ -124,3 +124,30 @@ def talkative_copy(model_dir: Path, out: Path, end_bias: float = TALKATIVE_BIAS[
         f[name][...] = bias
     write_manifest(out)
     return out
+
+
+def rerank_to_second_caption(model_dir: Path, image) -> tuple:
+    """Make a model directory rerank `image`'s beam-3 n-best to its second caption (decoding tuned so, weight 0).
+
+    Adds a familiarity calibration with two training photos like the image, whose captions are that caption, and four
+    unlike it, with other captions, and the consensus index of those captions (the manifest is left as it was).
+    Returns (encoded, own beam caption, its second caption).
+    """
+    import json
+
+    from captioner import familiarity
+    from captioner.consensus import Consensus
+    from captioner.pipeline import Captioner
+
+    cap = Captioner.from_directory(model_dir)
+    encoded = cap.encode([image], ["photo"])
+    own = cap.decode(encoded, 3, 0.7, consensus=0)[0]
+    second = own.n_best[1]
+    noise = np.random.default_rng(0).normal(0, 0.01, (6, encoded.seen.shape[1]))
+    train = np.concatenate([np.repeat(encoded.seen, 2, axis=0), np.repeat(-encoded.seen, 4, axis=0)]) + noise
+    familiarity.calibrate(train, encoded.seen, dims=4).save(model_dir)
+    others = [[["a", "red", "square"]], [["a", "blue", "circle"]], [["two", "green", "lines"]], [["big", "red"]]]
+    Consensus([[second.tokens] * 2] * 2 + others).save(model_dir, cap.vocab)
+    tuned = {"beam_size": 3, "length_penalty": 0.7, "block_repeats": False, "consensus": 2, "consensus_weight": 0}
+    (model_dir / "metrics.json").write_text(json.dumps({"decoding": tuned}))
+    return encoded, own, second

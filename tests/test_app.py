@@ -508,27 +508,15 @@ def test_photos_show_what_the_backbone_sees_and_only_unfamiliar_ones_get_the_not
 
 def test_the_beam_caption_is_reranked_as_tuned_until_the_sidebar_turns_it_off(app_env, monkeypatch, tmp_path):
     # Catches the app ignoring the model's tuned reranking, or its toggle not reaching the decoding.
-    import json
     import shutil
 
-    from captioner import familiarity, hub
-    from captioner.consensus import Consensus
-    from captioner.pipeline import Captioner
+    from conftest import rerank_to_second_caption
+
+    from captioner import hub
 
     data = _jpeg(320, 240, seed=5)
     model = shutil.copytree(os.environ["CAPTIONER_MODEL"], tmp_path / "model")
-    cap = Captioner.from_directory(model)
-    encoded = cap.encode([data], ["photo"])
-    own = cap.decode(encoded, 3, 0.7, consensus=0)[0]
-    second = own.n_best[1]
-    # Two training photos like this one, whose captions are its second beam caption; four unlike it.
-    noise = np.random.default_rng(0).normal(0, 0.01, (6, encoded.seen.shape[1]))
-    train = np.concatenate([np.repeat(encoded.seen, 2, axis=0), np.repeat(-encoded.seen, 4, axis=0)]) + noise
-    familiarity.calibrate(train, encoded.seen, dims=4).save(model)
-    others = [[["a", "red", "square"]], [["a", "blue", "circle"]], [["two", "green", "lines"]], [["big", "red"]]]
-    Consensus([[second.tokens] * 2] * 2 + others).save(model, cap.vocab)
-    tuned = {"beam_size": 3, "length_penalty": 0.7, "block_repeats": False, "consensus": 2, "consensus_weight": 0}
-    (model / "metrics.json").write_text(json.dumps({"decoding": tuned}))
+    _, own, second = rerank_to_second_caption(model, data)
     hub.write_manifest(model)
     monkeypatch.setenv("CAPTIONER_MODEL", str(model))
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import numpy as np
@@ -12,7 +11,7 @@ from captioner import familiarity
 from captioner.consensus import Consensus, rerank
 from captioner.decode import Caption
 from captioner.errors import ModelError
-from captioner.files import CONSENSUS_FILE, METRICS_FILE
+from captioner.files import CONSENSUS_FILE
 from captioner.pipeline import Captioner
 from captioner.text import Vocabulary
 
@@ -73,20 +72,10 @@ def test_nearest_training_photos_come_nearest_first():
 @pytest.fixture
 def indexed_model(tiny_model_dir, tmp_path, photo_bytes):
     """The tiny model, a familiarity calibration and a consensus index: its photo's neighbours say its 2nd caption."""
-    from conftest import talkative_copy
+    from conftest import rerank_to_second_caption, talkative_copy
 
     path = talkative_copy(tiny_model_dir, tmp_path / "model")
-    model = Captioner.load(str(path))
-    encoded = model.encode([photo_bytes], ["photo"])
-    second = model.decode(encoded, beam_size=3, consensus=0)[0].n_best[1]
-    # Two training photos like this one, whose captions are that caption, and four unlike it, with other captions.
-    noise = np.random.default_rng(0).normal(0, 0.01, (6, encoded.seen.shape[1]))
-    train = np.concatenate([np.repeat(encoded.seen, 2, axis=0), np.repeat(-encoded.seen, 4, axis=0)]) + noise
-    familiarity.calibrate(train, encoded.seen, dims=4).save(path)
-    others = [[["a", "red", "square"]], [["a", "blue", "circle"]], [["two", "green", "lines"]], [["big", "red"]]]
-    Consensus([[second.tokens] * 2] * 2 + others).save(path, model.vocab)
-    decoding = {"beam_size": 3, "length_penalty": 0.7, "block_repeats": False, "consensus": 2, "consensus_weight": 0}
-    (path / METRICS_FILE).write_text(json.dumps({"decoding": decoding}))
+    encoded, _, second = rerank_to_second_caption(path, photo_bytes)
     return path, encoded, second
 
 
