@@ -53,11 +53,7 @@ class Consensus:
                 raise ValueError("its arrays do not fit together or this vocabulary")
         except (OSError, ValueError, KeyError) as e:
             raise ModelError(f"Unreadable {path}: {e}") from e
-        words = [vocab.words[i] for i in ids]
-        ends = np.cumsum(lengths)
-        captions = [words[end - n : end] for end, n in zip(ends, lengths, strict=True)]
-        photo_ends = np.cumsum(per_photo)
-        return cls([captions[end - n : end] for end, n in zip(photo_ends, per_photo, strict=True)])
+        return cls(_runs(_runs([vocab.words[i] for i in ids], lengths), per_photo))
 
     def save(self, model_dir: str | Path, vocab: Vocabulary) -> Path:
         """Write `consensus.npz` (the captions as vocabulary ids) into a model directory; returns its path."""
@@ -75,6 +71,12 @@ class Consensus:
         """(n-best, neighbours): CIDEr-D of each of a caption's n-best against each neighbour photo's captions."""
         vectors = [self.cider.vector(h.tokens) for h in caption.n_best or [caption]]
         return np.array([[self.cider.score_vector(int(j), v) for j in neighbours] for v in vectors])
+
+
+def _runs(items: list, sizes: np.ndarray) -> list[list]:
+    """`items` cut into consecutive runs of the given sizes."""
+    ends = np.cumsum(sizes)
+    return [items[end - n : end] for end, n in zip(ends, sizes, strict=True)]
 
 
 def rerank(caption: Caption, agreement: np.ndarray, weight: float) -> Caption:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -133,16 +133,18 @@ def tune_and_score(
     consensus: Sequence[int] = (10, 25),
     weights: Sequence[float] = (0.5, 1.0, 2.0),
     log=print,
+    encoded: Mapping[str, Split] | None = None,
 ) -> dict:
     """Pick the decoding on dev (`dev_objective`), then score greedy and each beam size on dev and test with it.
 
     The search: beam size × α × repeat blocking, each also with its n-best reranked by consensus with every number
     of similar photos and weight (when the model has a consensus index). Results: "greedy", "beam" (the chosen
-    size) and "beam<k>" for every other size, all with the chosen α, blocking and reranking.
+    size) and "beam<k>" for every other size, all with the chosen α, blocking and reranking. `encoded`: the dev and
+    test splits already read by `encode_split`, if the caller has them.
     """
     from captioner.pipeline import Decoding
 
-    splits = {s: encode_split(model, data, s) for s in ("dev", "test")}
+    splits = encoded or {s: encode_split(model, data, s) for s in ("dev", "test")}
     dev = splits["dev"]
     search: dict[Decoding, dict[str, float]] = {}
     for beam_size in beam_sizes:

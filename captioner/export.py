@@ -90,23 +90,27 @@ def export_run(
     if data is None:
         hub.write_manifest(out)
         return out
-    from captioner.evaluate import tune_and_score
+    from captioner.evaluate import encode_split, tune_and_score
 
-    index_training_photos(out, data)
-    metrics = tune_and_score(Captioner.from_directory(out), data, log=log)
+    model = Captioner.from_directory(out)
+    splits = {split: encode_split(model, data, split) for split in ("dev", "test")}  # read once, for both steps
+    index_training_photos(out, data, encode_split(model, data, "train").seen, splits["dev"].seen, model.vocab)
+    metrics = tune_and_score(Captioner.from_directory(out), data, encoded=splits, log=log)  # with the index
     write_atomic(out / METRICS_FILE, json.dumps(metrics, indent=2))
     return write_card(out)
 
 
-def index_training_photos(model_dir: Path, data: Flickr8k) -> None:
-    """Write the familiarity calibration and the consensus index of the training photos into a model directory."""
-    from captioner.consensus import Consensus
-    from captioner.evaluate import encode_split
+def index_training_photos(
+    model_dir: Path, data: Flickr8k, train_seen: np.ndarray, dev_seen: np.ndarray, vocab: Vocabulary
+) -> None:
+    """Write the familiarity calibration and the consensus index of the training photos into a model directory.
 
-    model = Captioner.from_directory(model_dir)
-    seen = {split: encode_split(model, data, split).seen for split in ("train", "dev")}
-    familiarity.calibrate(seen["train"], seen["dev"]).save(model_dir)
-    Consensus.build([data.captions[n] for n in data.images("train")], model.vocab).save(model_dir, model.vocab)
+    `train_seen`, `dev_seen`: the splits' pooled features (`Encoded.seen`), in the splits' order.
+    """
+    from captioner.consensus import Consensus
+
+    familiarity.calibrate(train_seen, dev_seen).save(model_dir)
+    Consensus.build([data.captions[n] for n in data.images("train")], vocab).save(model_dir, vocab)
 
 
 def write_card(model_dir: Path) -> Path:
